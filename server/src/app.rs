@@ -1,0 +1,262 @@
+//! Wiring: opens the backends, builds the services and their gRPC adapters, serves them on a
+//! listener, and runs the shutdown sequence:
+//! health NOT_SERVING → refuse new streams and end every live stream with `UNAVAILABLE` →
+//! stop accepting and drain requests (bounded by `shutdown_grace`) → stop background tasks →
+//! close the push queue and the message store.
+//! Every acknowledged message is already durable, so nothing acknowledged can be lost here.
+
+use std::{future::Future, sync::Arc};
+
+use anyhow::Context;
+use daehwa::v1::{
+    auth_service_server::AuthServiceServer, chat_service_server::ChatServiceServer,
+    discovery_service_server::DiscoveryServiceServer, group_service_server::GroupServiceServer,
+    presence_service_server::PresenceServiceServer, user_service_server::UserServiceServer,
+};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::{Server, server::TcpIncoming};
+use tonic_health::ServingStatus;
+
+use crate::{
+    api::{
+        ApiContext, auth::AuthApi, chat::ChatApi, discovery::DiscoveryApi, group::GroupApi,
+        presence::PresenceApi, user::UserApi,
+    },
+    auth::{Authenticator, TokenSigner, layer::AuthLayer},
+    backend::{
+        Backends, Push,
+        embedded::EmbeddedStore,
+        push::NoPush,
+        sqlite::SqliteDirectory,
+        webhook::{WebhookConfig, WebhookPush},
+    },
+    config::Config,
+    metrics::{self, Metrics},
+    service::{
+        AccountService, ChatService, GroupService, PeopleService, PresenceService,
+        chat::ChatLimits, rate_limit::RateLimiter,
+    },
+    session::{CloseReason, Hub},
+    snowflake::Snowflake,
+};
+
+/// The gRPC service names, for health reporting.
+const SERVICE_NAMES: &[&str] = &[
+    "chat.v1.AuthService",
+    "chat.v1.UserService",
+    "chat.v1.GroupService",
+    "chat.v1.ChatService",
+    "chat.v1.PresenceService",
+    "chat.v1.DiscoveryService",
+];
+
+/// Opens the embedded backends in `config.data_dir`.
+pub async fn open_backends(config: &Config) -> anyhow::Result<Backends> {
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("cannot create data dir {}", config.data_dir.display()))?;
+    let directory = SqliteDirectory::open(&config.data_dir.join("directory.sqlite3"))
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot open directory: {e}"))?;
+    let messages = EmbeddedStore::open(&config.data_dir.join("messages.redb"))
+        .map_err(|e| anyhow::anyhow!("cannot open message store: {e}"))?;
+    let push: Arc<dyn Push> = match &config.push_webhook_url {
+        Some(url) => {
+            let webhook = WebhookConfig {
+                ..WebhookConfig::new(url.clone())
+            };
+            let webhook = WebhookConfig {
+                include_text: config.push_include_text,
+                ..webhook
+            };
+            Arc::new(
+                WebhookPush::start(webhook)
+                    .map_err(|e| anyhow::anyhow!("bad push webhook: {e}"))?,
+            )
+        }
+        None => Arc::new(NoPush),
+    };
+    Ok(Backends {
+        directory: Arc::new(directory),
+        messages: Arc::new(messages),
+        push,
+    })
+}
+
+/// Runs a server on `listener` until `shutdown` resolves, then shuts down gracefully.
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send,
+) -> anyhow::Result<()> {
+    config.validate()?;
+    let backends = open_backends(&config).await?;
+    let bound = listener.local_addr()?;
+    let background = CancellationToken::new();
+    let metrics = Metrics::new();
+    if let Some(addr) = config.metrics_listen {
+        let token = background.clone();
+        let addr = metrics::serve(
+            metrics.clone(),
+            addr,
+            async move { token.cancelled().await },
+        )
+        .await?;
+        tracing::info!(%addr, "metrics listening");
+    }
+
+    let key_file = config
+        .signing_key_file
+        .clone()
+        .unwrap_or_else(|| config.data_dir.join("signing.key"));
+    let signer = TokenSigner::load_or_create(&key_file)?;
+    let auth = Arc::new(Authenticator::new(signer, backends.directory.clone()));
+    let hub = Hub::new(
+        config.max_streams_per_user,
+        config.outbox_capacity,
+        metrics.clone(),
+    );
+    let presence = PresenceService::start(
+        backends.directory.clone(),
+        hub.clone(),
+        config.offline_after,
+        config.heartbeat_interval,
+        config.outbox_capacity,
+        background.clone(),
+    );
+    let accounts = Arc::new(AccountService::new(
+        backends.directory.clone(),
+        auth.clone(),
+        hub.clone(),
+        presence.clone(),
+        config.access_token_ttl,
+        config.refresh_token_ttl,
+    ));
+    let people = Arc::new(PeopleService::new(
+        backends.directory.clone(),
+        presence.clone(),
+    ));
+    let groups = Arc::new(GroupService::new(
+        backends.directory.clone(),
+        config.max_group_members,
+    ));
+    let limits = ChatLimits {
+        max_content_bytes: config.max_content_bytes,
+        max_page_size: config.max_page_size,
+        push_include_text: config.push_include_text,
+    };
+    let chat = Arc::new(ChatService::new(
+        backends.clone(),
+        hub.clone(),
+        Snowflake::new(config.worker_id),
+        RateLimiter::new(config.send_rate, config.send_burst),
+        limits,
+        metrics.clone(),
+    ));
+
+    let ctx = ApiContext {
+        metrics: metrics.clone(),
+    };
+    let max = config.max_request_bytes();
+    let grpc_endpoint = config
+        .advertise
+        .clone()
+        .unwrap_or_else(|| bound.to_string());
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    for name in SERVICE_NAMES.iter().chain(&[""]) {
+        health_reporter
+            .set_service_status(*name, ServingStatus::Serving)
+            .await;
+    }
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(daehwa::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(daehwa::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()?;
+
+    let router = Server::builder()
+        .layer(AuthLayer::new(auth.clone()))
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(
+            AuthServiceServer::new(AuthApi {
+                accounts,
+                ctx: ctx.clone(),
+            })
+            .max_decoding_message_size(max),
+        )
+        .add_service(
+            UserServiceServer::new(UserApi {
+                people,
+                ctx: ctx.clone(),
+            })
+            .max_decoding_message_size(max),
+        )
+        .add_service(
+            GroupServiceServer::new(GroupApi {
+                groups,
+                ctx: ctx.clone(),
+            })
+            .max_decoding_message_size(max),
+        )
+        .add_service(
+            ChatServiceServer::new(ChatApi {
+                chat,
+                presence: presence.clone(),
+                hub: hub.clone(),
+                server_id: config.server_id.clone(),
+                ctx: ctx.clone(),
+            })
+            .max_decoding_message_size(max),
+        )
+        .add_service(
+            PresenceServiceServer::new(PresenceApi {
+                presence,
+                heartbeat_interval: config.heartbeat_interval,
+                ctx: ctx.clone(),
+            })
+            .max_decoding_message_size(max),
+        )
+        .add_service(DiscoveryServiceServer::new(DiscoveryApi {
+            server_id: config.server_id.clone(),
+            grpc_endpoint,
+            websocket_url: String::new(),
+            hub: hub.clone(),
+            ctx,
+        }));
+
+    tracing::info!(addr = %bound, server_id = %config.server_id, data_dir = %config.data_dir.display(), "chatd serving");
+    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    let stop_accepting = CancellationToken::new();
+    let serve =
+        router.serve_with_incoming_shutdown(incoming, stop_accepting.clone().cancelled_owned());
+    tokio::pin!(serve);
+    tokio::select! {
+        result = &mut serve => result.context("gRPC server failed")?,
+        () = shutdown => {
+            tracing::info!("shutting down: closing streams");
+            for name in SERVICE_NAMES.iter().chain(&[""]) {
+                health_reporter.set_service_status(*name, ServingStatus::NotServing).await;
+            }
+            hub.close_all(CloseReason::Shutdown);
+            stop_accepting.cancel();
+            match tokio::time::timeout(config.shutdown_grace, &mut serve).await {
+                Ok(result) => result.context("gRPC server failed during shutdown")?,
+                Err(_) => tracing::warn!(grace = ?config.shutdown_grace, "shutdown grace expired with requests still running"),
+            }
+        }
+    }
+    background.cancel();
+    backends.push.close().await;
+    backends
+        .messages
+        .close()
+        .await
+        .map_err(|e| anyhow::anyhow!("closing message store: {e}"))?;
+    tracing::info!("chatd stopped");
+    Ok(())
+}

@@ -1,0 +1,322 @@
+//! Server configuration: the only module that reads flags, environment and files.
+//!
+//! Precedence: built-in defaults ← TOML file (`--config`) ← `DAEHWA_<NAME>` environment ←
+//! command-line flags. Every setting has all three spellings: flag `--offline-after`, env
+//! `DAEHWA_OFFLINE_AFTER`, TOML key `offline_after`. The result is validated once, before any
+//! port is bound, and unknown TOML keys are errors (a typo must not silently do nothing).
+
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use clap::Parser;
+use serde::Deserialize;
+
+/// Everything a server needs to start. Build with [`Config::load`] or [`Config::for_tests`].
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// gRPC listen address.
+    pub listen: SocketAddr,
+    /// Where SQLite, the message log and the signing key live.
+    pub data_dir: PathBuf,
+    /// Prometheus `/metrics` listen address; off when unset.
+    pub metrics_listen: Option<SocketAddr>,
+    /// This server's name in Discovery and logs.
+    pub server_id: String,
+    /// The gRPC endpoint clients should use (defaults to the bound address).
+    pub advertise: Option<String>,
+    /// Snowflake worker id, 0..=1023, unique among live servers.
+    pub worker_id: u16,
+    /// A user with no heartbeat and no stream activity for this long is offline.
+    #[serde(with = "humantime_serde")]
+    pub offline_after: Duration,
+    /// How often clients should send heartbeats; also the grace before a user whose last
+    /// stream closed is shown offline.
+    #[serde(with = "humantime_serde")]
+    pub heartbeat_interval: Duration,
+    /// Lifetime of access tokens.
+    #[serde(with = "humantime_serde")]
+    pub access_token_ttl: Duration,
+    /// Lifetime of refresh tokens.
+    #[serde(with = "humantime_serde")]
+    pub refresh_token_ttl: Duration,
+    /// File holding the 32-byte token signing key; default `<data_dir>/signing.key`, created
+    /// on first start.
+    pub signing_key_file: Option<PathBuf>,
+    /// Largest message content (text bytes, ciphertext bytes).
+    pub max_content_bytes: usize,
+    /// Sustained messages per second per user.
+    pub send_rate: f64,
+    /// Burst of messages a user may send above the sustained rate.
+    pub send_burst: u32,
+    /// Largest group, owner included.
+    pub max_group_members: usize,
+    /// Live streams (Connect/Subscribe/WatchPresence) per user.
+    pub max_streams_per_user: usize,
+    /// Events queued per stream before the stream is closed as too slow.
+    pub outbox_capacity: usize,
+    /// Largest page of SyncMessages and GetHistory.
+    pub max_page_size: usize,
+    /// Webhook URL for push notifications to offline users; off when unset.
+    pub push_webhook_url: Option<String>,
+    /// Include message text in push notifications (off: only ids).
+    pub push_include_text: bool,
+    /// How long shutdown waits for streams and queues to drain.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
+            data_dir: PathBuf::from("data"),
+            metrics_listen: None,
+            server_id: "chatd-1".to_owned(),
+            advertise: None,
+            worker_id: 0,
+            offline_after: Duration::from_secs(30),
+            heartbeat_interval: Duration::from_secs(5),
+            access_token_ttl: Duration::from_secs(15 * 60),
+            refresh_token_ttl: Duration::from_secs(30 * 24 * 3600),
+            signing_key_file: None,
+            max_content_bytes: 64 * 1024,
+            send_rate: 50.0,
+            send_burst: 100,
+            max_group_members: 10_000,
+            max_streams_per_user: 16,
+            outbox_capacity: 1024,
+            max_page_size: 1000,
+            push_webhook_url: None,
+            push_include_text: false,
+            shutdown_grace: Duration::from_secs(10),
+        }
+    }
+}
+
+impl Config {
+    /// Parses flags and environment (and the TOML file they name), then validates.
+    pub fn load() -> anyhow::Result<Self> {
+        Self::from_flags(Flags::parse())
+    }
+
+    /// Applies parsed flags (which clap already merged with `DAEHWA_*` env) over the TOML file
+    /// over the defaults.
+    pub fn from_flags(flags: Flags) -> anyhow::Result<Self> {
+        let mut config = match &flags.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|e| {
+                    anyhow::anyhow!("cannot read config file {}: {e}", path.display())
+                })?;
+                toml::from_str(&text)
+                    .map_err(|e| anyhow::anyhow!("bad config file {}: {e}", path.display()))?
+            }
+            None => Config::default(),
+        };
+        flags.apply(&mut config);
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Defaults suited to tests: port 0, the given data dir, short timeouts.
+    pub fn for_tests(data_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            data_dir: data_dir.into(),
+            send_rate: 10_000.0,
+            send_burst: 10_000,
+            shutdown_grace: Duration::from_secs(5),
+            ..Self::default()
+        }
+    }
+
+    /// Checks values that parse but make no sense.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        let check = |ok: bool, what: &str| {
+            if ok {
+                Ok(())
+            } else {
+                Err(anyhow::anyhow!("invalid configuration: {what}"))
+            }
+        };
+        check(self.worker_id <= 1023, "worker_id must be 0..=1023")?;
+        check(!self.server_id.is_empty(), "server_id must not be empty")?;
+        check(
+            self.heartbeat_interval > Duration::ZERO,
+            "heartbeat_interval must be positive",
+        )?;
+        check(
+            self.offline_after > self.heartbeat_interval,
+            "offline_after must be longer than heartbeat_interval",
+        )?;
+        check(
+            self.access_token_ttl >= Duration::from_secs(1),
+            "access_token_ttl must be at least 1s",
+        )?;
+        check(
+            self.refresh_token_ttl > self.access_token_ttl,
+            "refresh_token_ttl must be longer than access_token_ttl",
+        )?;
+        check(
+            self.max_content_bytes > 0 && self.max_content_bytes <= 4 * 1024 * 1024,
+            "max_content_bytes must be 1..=4194304",
+        )?;
+        check(
+            self.send_rate > 0.0 && self.send_burst >= 1,
+            "send_rate and send_burst must be positive",
+        )?;
+        check(
+            self.max_group_members >= 2,
+            "max_group_members must be at least 2",
+        )?;
+        check(
+            self.max_streams_per_user >= 1,
+            "max_streams_per_user must be at least 1",
+        )?;
+        check(
+            self.outbox_capacity >= 16,
+            "outbox_capacity must be at least 16",
+        )?;
+        check(self.max_page_size >= 1, "max_page_size must be at least 1")?;
+        if let Some(url) = &self.push_webhook_url {
+            check(
+                url.starts_with("http://"),
+                "push_webhook_url must be an http:// URL (TLS is not built in yet)",
+            )?;
+        }
+        Ok(())
+    }
+
+    /// The largest encoded gRPC request the server accepts: content plus envelope.
+    pub fn max_request_bytes(&self) -> usize {
+        self.max_content_bytes + 64 * 1024
+    }
+}
+
+/// Command-line flags of `chatd`; each also reads `DAEHWA_<NAME>`.
+#[derive(Debug, Parser, Default)]
+#[command(name = "chatd", version, about = "Daehwa chat server")]
+pub struct Flags {
+    /// TOML file with any of the settings below (keys in snake_case).
+    #[arg(long, env = "DAEHWA_CONFIG")]
+    pub config: Option<PathBuf>,
+    #[arg(long, env = "DAEHWA_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    #[arg(long, env = "DAEHWA_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    #[arg(long, env = "DAEHWA_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
+    #[arg(long, env = "DAEHWA_SERVER_ID")]
+    pub server_id: Option<String>,
+    #[arg(long, env = "DAEHWA_ADVERTISE")]
+    pub advertise: Option<String>,
+    #[arg(long, env = "DAEHWA_WORKER_ID")]
+    pub worker_id: Option<u16>,
+    /// e.g. 30s
+    #[arg(long, env = "DAEHWA_OFFLINE_AFTER", value_parser = humantime::parse_duration)]
+    pub offline_after: Option<Duration>,
+    /// e.g. 5s
+    #[arg(long, env = "DAEHWA_HEARTBEAT_INTERVAL", value_parser = humantime::parse_duration)]
+    pub heartbeat_interval: Option<Duration>,
+    #[arg(long, env = "DAEHWA_ACCESS_TOKEN_TTL", value_parser = humantime::parse_duration)]
+    pub access_token_ttl: Option<Duration>,
+    #[arg(long, env = "DAEHWA_REFRESH_TOKEN_TTL", value_parser = humantime::parse_duration)]
+    pub refresh_token_ttl: Option<Duration>,
+    #[arg(long, env = "DAEHWA_SIGNING_KEY_FILE")]
+    pub signing_key_file: Option<PathBuf>,
+    #[arg(long, env = "DAEHWA_MAX_CONTENT_BYTES")]
+    pub max_content_bytes: Option<usize>,
+    #[arg(long, env = "DAEHWA_SEND_RATE")]
+    pub send_rate: Option<f64>,
+    #[arg(long, env = "DAEHWA_SEND_BURST")]
+    pub send_burst: Option<u32>,
+    #[arg(long, env = "DAEHWA_MAX_GROUP_MEMBERS")]
+    pub max_group_members: Option<usize>,
+    #[arg(long, env = "DAEHWA_MAX_STREAMS_PER_USER")]
+    pub max_streams_per_user: Option<usize>,
+    #[arg(long, env = "DAEHWA_OUTBOX_CAPACITY")]
+    pub outbox_capacity: Option<usize>,
+    #[arg(long, env = "DAEHWA_MAX_PAGE_SIZE")]
+    pub max_page_size: Option<usize>,
+    #[arg(long, env = "DAEHWA_PUSH_WEBHOOK_URL")]
+    pub push_webhook_url: Option<String>,
+    #[arg(long, env = "DAEHWA_PUSH_INCLUDE_TEXT")]
+    pub push_include_text: Option<bool>,
+    #[arg(long, env = "DAEHWA_SHUTDOWN_GRACE", value_parser = humantime::parse_duration)]
+    pub shutdown_grace: Option<Duration>,
+}
+
+impl Flags {
+    fn apply(self, c: &mut Config) {
+        macro_rules! set {
+            ($($field:ident),*) => { $( if let Some(v) = self.$field { c.$field = v; } )* };
+        }
+        macro_rules! set_opt {
+            ($($field:ident),*) => { $( if let Some(v) = self.$field { c.$field = Some(v); } )* };
+        }
+        set!(
+            listen,
+            data_dir,
+            server_id,
+            worker_id,
+            offline_after,
+            heartbeat_interval,
+            access_token_ttl,
+            refresh_token_ttl,
+            max_content_bytes,
+            send_rate,
+            send_burst,
+            max_group_members,
+            max_streams_per_user,
+            outbox_capacity,
+            max_page_size,
+            push_include_text,
+            shutdown_grace
+        );
+        set_opt!(
+            metrics_listen,
+            advertise,
+            signing_key_file,
+            push_webhook_url
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_override_the_file_which_overrides_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("chatd.toml");
+        std::fs::write(&file, "offline_after = \"12s\"\nmax_group_members = 50\n").unwrap();
+        let flags = Flags::try_parse_from([
+            "chatd",
+            "--config",
+            file.to_str().unwrap(),
+            "--max-group-members",
+            "7",
+        ])
+        .unwrap();
+        let config = Config::from_flags(flags).unwrap();
+        assert_eq!(config.offline_after, Duration::from_secs(12));
+        assert_eq!(config.max_group_members, 7);
+        assert_eq!(config.heartbeat_interval, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("chatd.toml");
+        std::fs::write(&file, "ofline_after = \"12s\"\n").unwrap();
+        let flags = Flags::try_parse_from(["chatd", "--config", file.to_str().unwrap()]).unwrap();
+        assert!(
+            Config::from_flags(flags)
+                .unwrap_err()
+                .to_string()
+                .contains("ofline_after")
+        );
+        let flags = Flags::try_parse_from(["chatd", "--worker-id", "5000"]).unwrap();
+        assert!(Config::from_flags(flags).is_err());
+    }
+}

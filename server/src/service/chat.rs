@@ -1,0 +1,341 @@
+//! Messaging: send (persist, then deliver), sync, history, conversations, read marks and
+//! typing.
+//!
+//! Send path: validate → rate limit → membership → Snowflake id → durable append (the store
+//! assigns the gapless seq; a retried client_msg_id returns the first message) → deliver to
+//! every live session of every member except the sending device → push to members with no
+//! live session. Only then is the sender answered, so an acknowledged message is never lost;
+//! a delivery that fails (slow consumer, crash) is repaired by the recipient's sync.
+
+use std::{sync::Arc, time::Instant};
+
+use daehwa::v1::{
+    Content, Message, ReadReceipt, ServerEvent, TypingNotice, content::Kind, server_event::Event,
+};
+
+use crate::{
+    auth::{AuthContext, tokens::now_ms},
+    backend::{
+        Backends,
+        message_store::{ConversationState, NewMessage},
+        push::PushNotification,
+    },
+    error::{Error, Result},
+    ids::{ConversationId, UserId},
+    metrics::Metrics,
+    service::{rate_limit::RateLimiter, validate},
+    session::Hub,
+    snowflake::Snowflake,
+};
+
+/// Cursors accepted in one SyncMessages call.
+const MAX_CURSORS: usize = 1000;
+/// Page size when the caller asks for 0.
+const DEFAULT_PAGE: usize = 100;
+
+/// Limits the chat service enforces.
+#[derive(Debug, Clone)]
+pub struct ChatLimits {
+    pub max_content_bytes: usize,
+    pub max_page_size: usize,
+    pub push_include_text: bool,
+}
+
+/// A conversation as ListConversations reports it.
+#[derive(Debug, Clone)]
+pub struct ConversationSummary {
+    pub state: ConversationState,
+    pub unread: u64,
+}
+
+/// The chat service of one server.
+pub struct ChatService {
+    backends: Backends,
+    hub: Arc<Hub>,
+    ids: Snowflake,
+    rate: RateLimiter,
+    limits: ChatLimits,
+    metrics: Arc<Metrics>,
+}
+
+impl ChatService {
+    pub fn new(
+        backends: Backends,
+        hub: Arc<Hub>,
+        ids: Snowflake,
+        rate: RateLimiter,
+        limits: ChatLimits,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Self {
+            backends,
+            hub,
+            ids,
+            rate,
+            limits,
+            metrics,
+        }
+    }
+
+    /// Stores and delivers a message; returns the stored message (the first one for a retry).
+    pub async fn send(
+        &self,
+        caller: AuthContext,
+        client_msg_id: &str,
+        conversation: &str,
+        content: Option<Content>,
+    ) -> Result<Message> {
+        let conversation: ConversationId = conversation.parse()?;
+        validate::content(content.as_ref(), self.limits.max_content_bytes)?;
+        let client_msg_id = validate::client_msg_id(client_msg_id)?;
+        let members = self.members_for_send(caller.user, conversation).await?;
+        if !self.rate.try_acquire(caller.user) {
+            return Err(Error::exhausted(
+                "sending too fast: slow down and retry in a moment",
+            ));
+        }
+        let new = NewMessage {
+            conversation,
+            message_id: self.ids.next_id(),
+            sender: caller.user,
+            sender_device: caller.device,
+            client_msg_id,
+            content: content.unwrap_or_default(),
+            created_at_ms: now_ms(),
+        };
+        let started = Instant::now();
+        let appended = self.backends.messages.append(new).await?;
+        self.metrics
+            .store_append_latency
+            .observe(started.elapsed().as_secs_f64());
+        if appended.duplicate {
+            return Ok(appended.message);
+        }
+        self.metrics.messages_sent.inc();
+        self.fan_out(caller, &members, &appended.message).await;
+        Ok(appended.message)
+    }
+
+    /// Who receives a message in `conversation`, after checking `sender` may send there:
+    /// a member, and for direct conversations a friend of the other user.
+    async fn members_for_send(
+        &self,
+        sender: UserId,
+        conversation: ConversationId,
+    ) -> Result<Vec<UserId>> {
+        match conversation {
+            ConversationId::Direct { lo, hi } => {
+                let Some(peer) = conversation.peer_of(sender) else {
+                    return Err(Error::denied("you are not a member of this conversation"));
+                };
+                if !self.backends.directory.are_friends(sender, peer).await? {
+                    return Err(Error::denied(format!(
+                        "user {peer} is not your friend: direct messages need a friendship"
+                    )));
+                }
+                Ok(vec![lo, hi])
+            }
+            ConversationId::Group(_) => self.ensure_reader(sender, conversation).await,
+        }
+    }
+
+    async fn fan_out(&self, caller: AuthContext, members: &[UserId], message: &Message) {
+        let event = Arc::new(ServerEvent {
+            event: Some(Event::Message(message.clone())),
+        });
+        for &member in members {
+            let skip = (member == caller.user).then_some(caller.device);
+            let delivered = self.hub.deliver(member, skip, &event);
+            if member != caller.user && delivered == 0 && !self.hub.is_connected(member) {
+                self.push(member, message).await;
+            }
+        }
+    }
+
+    async fn push(&self, user: UserId, message: &Message) {
+        match self.backends.directory.settings(user).await {
+            Ok(settings) if !settings.notifications_enabled => return,
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(user_id = %user, error = %e, "cannot read settings for push; sending anyway")
+            }
+        }
+        let text = match message.content.as_ref().and_then(|c| c.kind.as_ref()) {
+            Some(Kind::Text(t)) if self.limits.push_include_text => Some(t.clone()),
+            _ => None,
+        };
+        self.metrics.pushes.inc();
+        self.backends
+            .push
+            .notify(PushNotification {
+                user_id: user.0,
+                conversation_id: message.conversation_id.clone(),
+                message_id: message.message_id,
+                seq: message.seq,
+                sender_id: message.sender_id,
+                text,
+            })
+            .await;
+    }
+
+    /// Everything after each cursor, ascending per conversation, at most `limit` in all.
+    pub async fn sync(
+        &self,
+        me: UserId,
+        cursors: &[(String, u64)],
+        limit: u32,
+    ) -> Result<(Vec<Message>, bool)> {
+        if cursors.len() > MAX_CURSORS {
+            return Err(Error::invalid(format!(
+                "at most {MAX_CURSORS} cursors per request"
+            )));
+        }
+        let mut parsed = Vec::with_capacity(cursors.len());
+        for (conversation, after) in cursors {
+            let conversation: ConversationId = conversation.parse()?;
+            self.ensure_reader(me, conversation).await?;
+            parsed.push((conversation, *after));
+        }
+        let mut budget = self.page(limit);
+        let mut messages = Vec::new();
+        for (i, (conversation, after)) in parsed.iter().enumerate() {
+            let mut page = self
+                .backends
+                .messages
+                .read_after(*conversation, *after, budget + 1)
+                .await?;
+            if page.len() > budget {
+                page.truncate(budget);
+                messages.extend(page);
+                return Ok((messages, true));
+            }
+            budget -= page.len();
+            messages.extend(page);
+            if budget == 0 {
+                return Ok((messages, i + 1 < parsed.len()));
+            }
+        }
+        Ok((messages, false))
+    }
+
+    /// The page before `before_seq` (0: the newest), ascending.
+    pub async fn history(
+        &self,
+        me: UserId,
+        conversation: &str,
+        before_seq: u64,
+        limit: u32,
+    ) -> Result<Vec<Message>> {
+        let conversation: ConversationId = conversation.parse()?;
+        self.ensure_reader(me, conversation).await?;
+        self.backends
+            .messages
+            .read_before(conversation, before_seq, self.page(limit))
+            .await
+    }
+
+    /// My direct and group conversations, most recently active first.
+    pub async fn conversations(&self, me: UserId) -> Result<Vec<ConversationSummary>> {
+        let mut ids = self.backends.messages.direct_conversations(me).await?;
+        ids.extend(
+            self.backends
+                .directory
+                .groups_of(me)
+                .await?
+                .into_iter()
+                .map(|g| ConversationId::Group(g.id)),
+        );
+        ids.sort_unstable();
+        ids.dedup();
+        let mut summaries: Vec<ConversationSummary> = self
+            .backends
+            .messages
+            .conversation_states(me, &ids)
+            .await?
+            .into_iter()
+            .map(|state| ConversationSummary {
+                unread: state.last_seq.saturating_sub(state.read_seq),
+                state,
+            })
+            .collect();
+        summaries.sort_by_key(|s| {
+            std::cmp::Reverse(s.state.last_message.as_ref().map_or(0, |m| m.message_id))
+        });
+        Ok(summaries)
+    }
+
+    /// Moves my read position and tells the members' devices (mine included).
+    pub async fn mark_read(
+        &self,
+        caller: AuthContext,
+        conversation: &str,
+        seq: u64,
+    ) -> Result<u64> {
+        let conversation: ConversationId = conversation.parse()?;
+        let members = self.ensure_reader(caller.user, conversation).await?;
+        let read = self
+            .backends
+            .messages
+            .mark_read(caller.user, conversation, seq)
+            .await?;
+        let event = Arc::new(ServerEvent {
+            event: Some(Event::ReadReceipt(ReadReceipt {
+                conversation_id: conversation.to_string(),
+                user_id: caller.user.0,
+                seq: read,
+            })),
+        });
+        for member in members {
+            self.hub.deliver(
+                member,
+                (member == caller.user).then_some(caller.device),
+                &event,
+            );
+        }
+        Ok(read)
+    }
+
+    /// Tells the other members I am typing (not stored).
+    pub async fn typing(&self, caller: AuthContext, conversation: &str) -> Result<()> {
+        let conversation: ConversationId = conversation.parse()?;
+        let members = self.ensure_reader(caller.user, conversation).await?;
+        let event = Arc::new(ServerEvent {
+            event: Some(Event::Typing(TypingNotice {
+                conversation_id: conversation.to_string(),
+                user_id: caller.user.0,
+            })),
+        });
+        for member in members.into_iter().filter(|m| *m != caller.user) {
+            self.hub.deliver(member, None, &event);
+        }
+        Ok(())
+    }
+
+    /// Checks `me` may read `conversation` and returns its members. Direct conversations stay
+    /// readable to both users after a friendship ends; groups to current members only.
+    async fn ensure_reader(&self, me: UserId, conversation: ConversationId) -> Result<Vec<UserId>> {
+        match conversation {
+            ConversationId::Direct { lo, hi } if lo == me || hi == me => Ok(vec![lo, hi]),
+            ConversationId::Direct { .. } => {
+                Err(Error::denied("you are not a member of this conversation"))
+            }
+            ConversationId::Group(group) => {
+                let members = self.backends.directory.member_ids(group).await?;
+                if members.contains(&me) {
+                    Ok(members)
+                } else if self.backends.directory.group(group).await?.is_none() {
+                    Err(Error::not_found(format!("no group with id {group}")))
+                } else {
+                    Err(Error::denied("you are not a member of this group"))
+                }
+            }
+        }
+    }
+
+    fn page(&self, limit: u32) -> usize {
+        match limit as usize {
+            0 => DEFAULT_PAGE.min(self.limits.max_page_size),
+            n => n.min(self.limits.max_page_size),
+        }
+    }
+}

@@ -1,0 +1,134 @@
+//! Groups: who may create, read, join and leave them. Members may add their friends; the
+//! owner may remove anyone; anyone may leave.
+
+use std::sync::Arc;
+
+use crate::{
+    auth::tokens::now_ms,
+    backend::{Directory, directory::GroupRecord},
+    error::{Error, Result},
+    ids::{GroupId, UserId},
+    service::validate,
+};
+
+/// Group membership rules.
+pub struct GroupService {
+    directory: Arc<dyn Directory>,
+    max_members: usize,
+}
+
+impl GroupService {
+    pub fn new(directory: Arc<dyn Directory>, max_members: usize) -> Self {
+        Self {
+            directory,
+            max_members,
+        }
+    }
+
+    pub async fn create(
+        &self,
+        owner: UserId,
+        name: &str,
+        members: &[UserId],
+    ) -> Result<GroupRecord> {
+        let name = validate::short_text("group name", name, 100)?;
+        if name.is_empty() {
+            return Err(Error::invalid("group name must not be empty"));
+        }
+        self.check_size(members.len() + 1)?;
+        let others: Vec<UserId> = members.iter().copied().filter(|m| *m != owner).collect();
+        self.ensure_addable(owner, &others).await?;
+        self.directory
+            .create_group(owner, &name, &others, self.max_members, now_ms())
+            .await
+    }
+
+    /// A group the caller belongs to.
+    pub async fn get(&self, me: UserId, id: GroupId) -> Result<GroupRecord> {
+        let group = self
+            .directory
+            .group(id)
+            .await?
+            .ok_or_else(|| Error::not_found(format!("no group with id {id}")))?;
+        if !group.members.contains(&me) {
+            return Err(Error::denied("you are not a member of this group"));
+        }
+        Ok(group)
+    }
+
+    pub async fn list(&self, me: UserId) -> Result<Vec<GroupRecord>> {
+        self.directory.groups_of(me).await
+    }
+
+    pub async fn add_members(
+        &self,
+        me: UserId,
+        id: GroupId,
+        users: &[UserId],
+    ) -> Result<GroupRecord> {
+        if users.is_empty() {
+            return Err(Error::invalid("user_ids must not be empty"));
+        }
+        self.check_size(users.len())?;
+        let group = self.get(me, id).await?;
+        let new: Vec<UserId> = users
+            .iter()
+            .copied()
+            .filter(|u| !group.members.contains(u))
+            .collect();
+        self.ensure_addable(me, &new).await?;
+        self.directory
+            .add_members(id, &new, self.max_members, now_ms())
+            .await
+    }
+
+    pub async fn remove_member(
+        &self,
+        me: UserId,
+        id: GroupId,
+        user: UserId,
+    ) -> Result<GroupRecord> {
+        let group = self.get(me, id).await?;
+        if user != me && group.owner != me {
+            return Err(Error::denied(
+                "only the group owner can remove other members",
+            ));
+        }
+        if !group.members.contains(&user) {
+            return Err(Error::not_found(format!(
+                "user {user} is not a member of this group"
+            )));
+        }
+        self.directory.remove_member(id, user).await
+    }
+
+    pub async fn leave(&self, me: UserId, id: GroupId) -> Result<()> {
+        self.get(me, id).await?;
+        self.directory.remove_member(id, me).await.map(|_| ())
+    }
+
+    fn check_size(&self, n: usize) -> Result<()> {
+        if n > self.max_members {
+            return Err(Error::exhausted(format!(
+                "a group holds at most {} members",
+                self.max_members
+            )));
+        }
+        Ok(())
+    }
+
+    /// New members must exist and be friends of whoever adds them.
+    async fn ensure_addable(&self, adder: UserId, users: &[UserId]) -> Result<()> {
+        let found = self.directory.users_by_ids(users).await?;
+        if let Some(missing) = users.iter().find(|u| !found.iter().any(|f| f.id == **u)) {
+            return Err(Error::not_found(format!("no user with id {missing}")));
+        }
+        let friends = self.directory.friend_ids(adder).await?;
+        if let Some(stranger) = users.iter().find(|u| !friends.contains(u)) {
+            return Err(Error::denied(format!(
+                "user {stranger} is not your friend: you can only add friends to a group"
+            )));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,16 @@
+//! Domain logic, free of tonic types: what each RPC means, who may do it, and what it
+//! changes. The API adapters in `crate::api` decode requests, call these and encode results.
+
+pub mod accounts;
+pub mod chat;
+pub mod groups;
+pub mod people;
+pub mod presence;
+pub mod rate_limit;
+pub mod validate;
+
+pub use accounts::AccountService;
+pub use chat::ChatService;
+pub use groups::GroupService;
+pub use people::PeopleService;
+pub use presence::PresenceService;

@@ -1,0 +1,409 @@
+//! Presence: who is online, since when they were last active, and who hears about it.
+//!
+//! Liveness is kept in this server's memory: heartbeats (the RPC or the stream event) and any
+//! stream activity refresh a user's `last_active`; nothing is written per heartbeat. A user
+//! goes offline when nothing was heard for `offline_after`, or `heartbeat_interval` after
+//! their last stream closed with nothing heard since (a quick reconnect does not flap).
+//! Transitions are queued to one fan-out task, which sends a `PresenceEvent` to the user's
+//! friends only (their live sessions and WatchPresence streams), and to nobody while the user
+//! has `presence_visible` off (turning it off announces "offline").
+
+use std::{
+    collections::{HashMap, HashSet},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use daehwa::v1::{PresenceEvent, PresenceStatus, ServerEvent, server_event::Event};
+use tokio::{sync::mpsc, time::Instant};
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    auth::tokens::now_ms,
+    backend::Directory,
+    error::{Error, Result},
+    ids::UserId,
+    session::{Hub, hub::SessionObserver},
+};
+
+/// Transitions waiting for fan-out before new ones are dropped (state stays right; only the
+/// push to friends is lost, and GetPresence still answers correctly).
+const CHANGE_QUEUE: usize = 65_536;
+
+#[derive(Debug, Clone, Copy)]
+struct UserPresence {
+    online: bool,
+    last_active: Instant,
+    last_active_ms: i64,
+    streams: usize,
+    last_stream_closed: Option<Instant>,
+}
+
+/// A transition to announce.
+#[derive(Debug, Clone, Copy)]
+struct Change {
+    user: UserId,
+    online: bool,
+    last_active_ms: i64,
+    /// Announce even though the user hides presence (they just turned it off).
+    hiding: bool,
+}
+
+/// One WatchPresence stream.
+struct Watcher {
+    id: u64,
+    /// `None`: all friends.
+    only: Option<HashSet<UserId>>,
+    tx: mpsc::Sender<PresenceEvent>,
+    too_slow: CancellationToken,
+}
+
+/// A WatchPresence subscription; unregisters when dropped.
+pub struct WatchHandle {
+    service: Arc<PresenceService>,
+    watcher: UserId,
+    id: u64,
+    /// Events for this watcher.
+    pub events: mpsc::Receiver<PresenceEvent>,
+    /// Cancelled when the watcher fell too far behind.
+    pub too_slow: CancellationToken,
+}
+
+impl Drop for WatchHandle {
+    fn drop(&mut self) {
+        let mut watchers = self
+            .service
+            .watchers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(list) = watchers.get_mut(&self.watcher) {
+            list.retain(|w| w.id != self.id);
+            if list.is_empty() {
+                watchers.remove(&self.watcher);
+            }
+        }
+    }
+}
+
+/// Presence state and its fan-out.
+pub struct PresenceService {
+    directory: Arc<dyn Directory>,
+    hub: Arc<Hub>,
+    offline_after: Duration,
+    reconnect_grace: Duration,
+    users: Mutex<HashMap<UserId, UserPresence>>,
+    changes: mpsc::Sender<Change>,
+    watchers: Mutex<HashMap<UserId, Vec<Watcher>>>,
+    next_watcher: AtomicU64,
+    watcher_capacity: usize,
+}
+
+impl PresenceService {
+    /// Starts the service with its sweeper and fan-out tasks; both stop on `shutdown`.
+    pub fn start(
+        directory: Arc<dyn Directory>,
+        hub: Arc<Hub>,
+        offline_after: Duration,
+        heartbeat_interval: Duration,
+        watcher_capacity: usize,
+        shutdown: CancellationToken,
+    ) -> Arc<Self> {
+        let (changes, rx) = mpsc::channel(CHANGE_QUEUE);
+        let service = Arc::new(Self {
+            directory,
+            hub: hub.clone(),
+            offline_after,
+            reconnect_grace: heartbeat_interval,
+            users: Mutex::default(),
+            changes,
+            watchers: Mutex::default(),
+            next_watcher: AtomicU64::new(1),
+            watcher_capacity,
+        });
+        hub.set_observer(Arc::new(StreamObserver(Arc::downgrade(&service))));
+        tokio::spawn(service.clone().fan_out(rx, shutdown.clone()));
+        tokio::spawn(service.clone().sweep_loop(shutdown));
+        service
+    }
+
+    /// Records activity (a heartbeat or any stream event); may bring the user online.
+    pub fn touch(&self, user: UserId) {
+        let now = Instant::now();
+        let mut users = self.lock_users();
+        let entry = users.entry(user).or_insert(UserPresence {
+            online: false,
+            last_active: now,
+            last_active_ms: 0,
+            streams: 0,
+            last_stream_closed: None,
+        });
+        entry.last_active = now;
+        entry.last_active_ms = now_ms();
+        if !entry.online {
+            entry.online = true;
+            self.announce(Change {
+                user,
+                online: true,
+                last_active_ms: entry.last_active_ms,
+                hiding: false,
+            });
+        }
+    }
+
+    /// The device logged out; with no other device connected, the user is offline at once.
+    pub fn logged_out(&self, user: UserId, other_devices_connected: bool) {
+        if other_devices_connected {
+            return;
+        }
+        let mut users = self.lock_users();
+        if let Some(entry) = users.get_mut(&user).filter(|e| e.online) {
+            entry.online = false;
+            self.announce(Change {
+                user,
+                online: false,
+                last_active_ms: entry.last_active_ms,
+                hiding: false,
+            });
+        }
+    }
+
+    /// The user changed `presence_visible`: friends see them appear or disappear.
+    pub fn visibility_changed(&self, user: UserId, visible: bool) {
+        let users = self.lock_users();
+        if let Some(entry) = users.get(&user).filter(|e| e.online) {
+            self.announce(Change {
+                user,
+                online: visible,
+                last_active_ms: entry.last_active_ms,
+                hiding: !visible,
+            });
+        }
+    }
+
+    /// Presence of `ids` as `viewer` may see it: friends (and oneself) only.
+    pub async fn presence_for(&self, viewer: UserId, ids: &[UserId]) -> Result<Vec<PresenceEvent>> {
+        if ids.len() > 1000 {
+            return Err(Error::invalid("at most 1000 user ids per request"));
+        }
+        let friends: HashSet<UserId> = self
+            .directory
+            .friend_ids(viewer)
+            .await?
+            .into_iter()
+            .collect();
+        if let Some(stranger) = ids
+            .iter()
+            .find(|id| **id != viewer && !friends.contains(id))
+        {
+            return Err(Error::denied(format!(
+                "user {stranger} is not your friend: presence is visible to friends only"
+            )));
+        }
+        let mut out = Vec::with_capacity(ids.len());
+        for &id in ids {
+            let visible = id == viewer || self.directory.settings(id).await?.presence_visible;
+            out.push(self.snapshot(id, visible));
+        }
+        Ok(out)
+    }
+
+    fn snapshot(&self, user: UserId, visible: bool) -> PresenceEvent {
+        let state = self.lock_users().get(&user).copied();
+        match state {
+            Some(s) if visible => PresenceEvent {
+                user_id: user.0,
+                status: if s.online {
+                    PresenceStatus::Online
+                } else {
+                    PresenceStatus::Offline
+                } as i32,
+                last_active_at: Some(timestamp(s.last_active_ms)),
+            },
+            _ => PresenceEvent {
+                user_id: user.0,
+                status: PresenceStatus::Offline as i32,
+                last_active_at: None,
+            },
+        }
+    }
+
+    /// Subscribes `viewer` to presence changes of `ids` (empty: all friends, present and
+    /// future); the current state of each watched friend is queued first.
+    pub async fn watch(self: &Arc<Self>, viewer: UserId, ids: &[UserId]) -> Result<WatchHandle> {
+        let initial_ids = if ids.is_empty() {
+            self.directory.friend_ids(viewer).await?
+        } else {
+            ids.to_vec()
+        };
+        let initial = self.presence_for(viewer, &initial_ids).await?;
+        let (tx, events) = mpsc::channel(self.watcher_capacity.max(initial.len() + 16));
+        let too_slow = CancellationToken::new();
+        let id = self.next_watcher.fetch_add(1, Ordering::Relaxed);
+        let only = (!ids.is_empty()).then(|| ids.iter().copied().collect());
+        self.watchers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(viewer)
+            .or_default()
+            .push(Watcher {
+                id,
+                only,
+                tx: tx.clone(),
+                too_slow: too_slow.clone(),
+            });
+        for event in initial {
+            let _ = tx.try_send(event);
+        }
+        Ok(WatchHandle {
+            service: self.clone(),
+            watcher: viewer,
+            id,
+            events,
+            too_slow,
+        })
+    }
+
+    fn announce(&self, change: Change) {
+        if self.changes.try_send(change).is_err() {
+            tracing::warn!(user_id = %change.user, "presence change queue full: transition not announced");
+        }
+    }
+
+    async fn fan_out(self: Arc<Self>, mut rx: mpsc::Receiver<Change>, shutdown: CancellationToken) {
+        loop {
+            let change = tokio::select! {
+                () = shutdown.cancelled() => return,
+                change = rx.recv() => match change { Some(c) => c, None => return },
+            };
+            if let Err(e) = self.deliver_change(change).await {
+                tracing::warn!(user_id = %change.user, error = %e, "presence fan-out failed");
+            }
+        }
+    }
+
+    async fn deliver_change(&self, change: Change) -> Result<()> {
+        if !change.hiding && !self.directory.settings(change.user).await?.presence_visible {
+            return Ok(());
+        }
+        let event = PresenceEvent {
+            user_id: change.user.0,
+            status: if change.online {
+                PresenceStatus::Online
+            } else {
+                PresenceStatus::Offline
+            } as i32,
+            last_active_at: (!change.hiding).then(|| timestamp(change.last_active_ms)),
+        };
+        let friends = self.directory.friend_ids(change.user).await?;
+        let server_event = Arc::new(ServerEvent {
+            event: Some(Event::Presence(event)),
+        });
+        for friend in &friends {
+            self.hub.deliver(*friend, None, &server_event);
+        }
+        let watchers = self.watchers.lock().unwrap_or_else(|p| p.into_inner());
+        for friend in &friends {
+            for w in watchers.get(friend).into_iter().flatten() {
+                if w.only
+                    .as_ref()
+                    .is_some_and(|only| !only.contains(&change.user))
+                {
+                    continue;
+                }
+                if let Err(mpsc::error::TrySendError::Full(_)) = w.tx.try_send(event) {
+                    w.too_slow.cancel();
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn sweep_loop(self: Arc<Self>, shutdown: CancellationToken) {
+        let tick =
+            (self.offline_after / 4).clamp(Duration::from_millis(20), Duration::from_secs(1));
+        let mut interval = tokio::time::interval(tick);
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                _ = interval.tick() => self.sweep(Instant::now()),
+            }
+        }
+    }
+
+    /// Marks offline everyone who timed out or whose last stream closed and stayed closed.
+    fn sweep(&self, now: Instant) {
+        let mut users = self.lock_users();
+        for (user, p) in users.iter_mut().filter(|(_, p)| p.online) {
+            let silent = now.duration_since(p.last_active) >= self.offline_after;
+            let left = p.streams == 0
+                && p.last_stream_closed.is_some_and(|closed| {
+                    now.duration_since(closed) >= self.reconnect_grace && p.last_active <= closed
+                });
+            if silent || left {
+                p.online = false;
+                self.announce(Change {
+                    user: *user,
+                    online: false,
+                    last_active_ms: p.last_active_ms,
+                    hiding: false,
+                });
+            }
+        }
+        // Forget users offline for long; bounded memory. Their last-active time is lost.
+        users.retain(|_, p| {
+            p.online || now.duration_since(p.last_active) < Duration::from_secs(24 * 3600)
+        });
+    }
+
+    fn lock_users(&self) -> std::sync::MutexGuard<'_, HashMap<UserId, UserPresence>> {
+        self.users.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Hears streams open and close from the hub (held weakly: the hub outlives nothing).
+struct StreamObserver(std::sync::Weak<PresenceService>);
+
+impl SessionObserver for StreamObserver {
+    fn opened(&self, user: UserId) {
+        let Some(service) = self.0.upgrade() else {
+            return;
+        };
+        service
+            .lock_users()
+            .entry(user)
+            .or_insert(UserPresence {
+                online: false,
+                last_active: Instant::now(),
+                last_active_ms: now_ms(),
+                streams: 0,
+                last_stream_closed: None,
+            })
+            .streams += 1;
+        service.touch(user);
+    }
+
+    fn closed(&self, user: UserId, remaining: usize) {
+        let Some(service) = self.0.upgrade() else {
+            return;
+        };
+        let mut users = service.lock_users();
+        if let Some(p) = users.get_mut(&user) {
+            p.streams = remaining;
+            if remaining == 0 {
+                p.last_stream_closed = Some(Instant::now());
+            }
+        }
+    }
+}
+
+/// A protobuf timestamp from Unix milliseconds.
+pub fn timestamp(ms: i64) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: ms.div_euclid(1000),
+        nanos: (ms.rem_euclid(1000) * 1_000_000) as i32,
+    }
+}

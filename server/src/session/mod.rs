@@ -1,0 +1,11 @@
+//! Live sessions: the streams (Connect, Subscribe) through which devices receive events.
+//!
+//! - [`hub`]: which devices of which users are connected here, each with a bounded outbox;
+//!   fan-out copies the recipient list under a short lock and never waits on a peer.
+//! - [`outbound`]: turns an outbox into the gRPC response stream and ends it with a status
+//!   when the session is closed (too slow, logged out, server shutting down).
+
+pub mod hub;
+pub mod outbound;
+
+pub use hub::{CloseReason, Hub, SessionHandle};
