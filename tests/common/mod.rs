@@ -442,6 +442,9 @@ pub struct Chatd {
     pub child: tokio::process::Child,
     pub addr: std::net::SocketAddr,
     pub data_dir: PathBuf,
+    /// Log lines up to and including "chatd serving".
+    pub startup_log: Vec<String>,
+    /// Log lines after start-up, as they come.
     pub log: mpsc::UnboundedReceiver<String>,
 }
 
@@ -478,17 +481,19 @@ impl Chatd {
                 }
             });
         }
+        let mut startup_log = Vec::new();
         let addr = tokio::time::timeout(WAIT, async {
             while let Some(line) = log.recv().await {
-                if let Some(addr) = line
+                let addr = line
                     .contains("chatd serving")
                     .then(|| parse_addr(&line))
-                    .flatten()
-                {
+                    .flatten();
+                startup_log.push(line);
+                if let Some(addr) = addr {
                     return addr;
                 }
             }
-            panic!("chatd exited before serving");
+            panic!("chatd exited before serving:\n{}", startup_log.join("\n"));
         })
         .await
         .expect("chatd serves within the deadline");
@@ -496,6 +501,7 @@ impl Chatd {
             child,
             addr,
             data_dir: data_dir.to_owned(),
+            startup_log,
             log,
         }
     }
