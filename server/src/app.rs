@@ -122,6 +122,7 @@ pub async fn run(
         config.offline_after,
         config.heartbeat_interval,
         config.outbox_capacity,
+        config.max_streams_per_user,
         background.clone(),
     );
     let accounts = Arc::new(AccountService::new(

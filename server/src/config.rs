@@ -50,7 +50,7 @@ pub struct Config {
     pub send_burst: u32,
     /// Largest group, owner included.
     pub max_group_members: usize,
-    /// Live streams (Connect/Subscribe/WatchPresence) per user.
+    /// Live streams per user: Connect and Subscribe together, and WatchPresence apart.
     pub max_streams_per_user: usize,
     /// Events queued per stream before the stream is closed as too slow.
     pub outbox_capacity: usize,

@@ -1,7 +1,7 @@
 //! Groups: who may create, read, join and leave them. Members may add their friends; the
 //! owner may remove anyone; anyone may leave.
 
-use std::sync::Arc;
+use std::{collections::HashSet, sync::Arc};
 
 use crate::{
     auth::tokens::now_ms,
@@ -35,8 +35,8 @@ impl GroupService {
         if name.is_empty() {
             return Err(Error::invalid("group name must not be empty"));
         }
-        self.check_size(members.len() + 1)?;
-        let others: Vec<UserId> = members.iter().copied().filter(|m| *m != owner).collect();
+        let others = distinct(members.iter().copied().filter(|m| *m != owner));
+        self.check_size(others.len() + 1)?;
         self.ensure_addable(owner, &others).await?;
         self.directory
             .create_group(owner, &name, &others, self.max_members, now_ms())
@@ -69,13 +69,14 @@ impl GroupService {
         if users.is_empty() {
             return Err(Error::invalid("user_ids must not be empty"));
         }
-        self.check_size(users.len())?;
         let group = self.get(me, id).await?;
-        let new: Vec<UserId> = users
-            .iter()
-            .copied()
-            .filter(|u| !group.members.contains(u))
-            .collect();
+        let current: HashSet<UserId> = group.members.iter().copied().collect();
+        let new = distinct(users.iter().copied().filter(|u| !current.contains(u)));
+        if new.is_empty() {
+            return Ok(group);
+        }
+        // The directory checks the limit again in the transaction that adds them.
+        self.check_size(current.len() + new.len())?;
         self.ensure_addable(me, &new).await?;
         self.directory
             .add_members(id, &new, self.max_members, now_ms())
@@ -107,6 +108,7 @@ impl GroupService {
         self.directory.remove_member(id, me).await.map(|_| ())
     }
 
+    /// Refuses a group of `n` members early (before any friendship lookups).
     fn check_size(&self, n: usize) -> Result<()> {
         if n > self.max_members {
             return Err(Error::exhausted(format!(
@@ -119,11 +121,22 @@ impl GroupService {
 
     /// New members must exist and be friends of whoever adds them.
     async fn ensure_addable(&self, adder: UserId, users: &[UserId]) -> Result<()> {
-        let found = self.directory.users_by_ids(users).await?;
-        if let Some(missing) = users.iter().find(|u| !found.iter().any(|f| f.id == **u)) {
+        let found: HashSet<UserId> = self
+            .directory
+            .users_by_ids(users)
+            .await?
+            .iter()
+            .map(|u| u.id)
+            .collect();
+        if let Some(missing) = users.iter().find(|u| !found.contains(u)) {
             return Err(Error::not_found(format!("no user with id {missing}")));
         }
-        let friends = self.directory.friend_ids(adder).await?;
+        let friends: HashSet<UserId> = self
+            .directory
+            .friend_ids(adder)
+            .await?
+            .into_iter()
+            .collect();
         if let Some(stranger) = users.iter().find(|u| !friends.contains(u)) {
             return Err(Error::denied(format!(
                 "user {stranger} is not your friend: you can only add friends to a group"
@@ -131,4 +144,10 @@ impl GroupService {
         }
         Ok(())
     }
+}
+
+/// The ids in first-seen order, each once.
+fn distinct(ids: impl Iterator<Item = UserId>) -> Vec<UserId> {
+    let mut seen = HashSet::new();
+    ids.filter(|id| seen.insert(*id)).collect()
 }

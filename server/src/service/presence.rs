@@ -99,6 +99,7 @@ pub struct PresenceService {
     watchers: Mutex<HashMap<UserId, Vec<Watcher>>>,
     next_watcher: AtomicU64,
     watcher_capacity: usize,
+    max_watchers_per_user: usize,
 }
 
 impl PresenceService {
@@ -109,6 +110,7 @@ impl PresenceService {
         offline_after: Duration,
         heartbeat_interval: Duration,
         watcher_capacity: usize,
+        max_watchers_per_user: usize,
         shutdown: CancellationToken,
     ) -> Arc<Self> {
         let (changes, rx) = mpsc::channel(CHANGE_QUEUE);
@@ -122,6 +124,7 @@ impl PresenceService {
             watchers: Mutex::default(),
             next_watcher: AtomicU64::new(1),
             watcher_capacity,
+            max_watchers_per_user,
         });
         hub.set_observer(Arc::new(StreamObserver(Arc::downgrade(&service))));
         tokio::spawn(service.clone().fan_out(rx, shutdown.clone()));
@@ -243,17 +246,22 @@ impl PresenceService {
         let too_slow = CancellationToken::new();
         let id = self.next_watcher.fetch_add(1, Ordering::Relaxed);
         let only = (!ids.is_empty()).then(|| ids.iter().copied().collect());
-        self.watchers
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .entry(viewer)
-            .or_default()
-            .push(Watcher {
+        {
+            let mut watchers = self.watchers.lock().unwrap_or_else(|p| p.into_inner());
+            let mine = watchers.entry(viewer).or_default();
+            if mine.len() >= self.max_watchers_per_user {
+                return Err(Error::exhausted(format!(
+                    "too many WatchPresence streams for this user (limit {})",
+                    self.max_watchers_per_user
+                )));
+            }
+            mine.push(Watcher {
                 id,
                 only,
                 tx: tx.clone(),
                 too_slow: too_slow.clone(),
             });
+        }
         for event in initial {
             let _ = tx.try_send(event);
         }
