@@ -213,12 +213,16 @@ impl Session {
             Some(disk) => {
                 let same_device = disk.user_id == self.profile.user_id
                     && disk.device_id == self.profile.device_id;
-                if same_device
-                    && disk.refresh_token != self.profile.refresh_token
-                    && !disk.expires_within(REFRESH_MARGIN)
-                {
-                    // Another chat process refreshed already: use its tokens.
-                    return self.adopt(disk);
+                if same_device && disk.refresh_token != self.profile.refresh_token {
+                    // Another chat process refreshed already, so our refresh token is spent:
+                    // presenting it again would make the server revoke this device. Continue
+                    // from the saved pair, refreshing it (it is unspent) if it is about to
+                    // expire too, as with access tokens shorter than the margin.
+                    let expiring = disk.expires_within(REFRESH_MARGIN);
+                    self.adopt(disk)?;
+                    if !expiring {
+                        return Ok(());
+                    }
                 }
             }
         }
