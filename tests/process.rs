@@ -38,6 +38,38 @@ async fn sync_all(user: &TestUser, conversation: &str) -> Vec<v1::Message> {
     }
 }
 
+/// Sends on a Connect stream and waits for its `send_result`; a broken stream is an error.
+async fn send_on_stream(
+    stream: &mut common::LiveStream,
+    conversation: &str,
+    client_msg_id: &str,
+    text: &str,
+) -> Result<v1::Message, tonic::Status> {
+    let event = v1::ClientEvent {
+        event: Some(v1::client_event::Event::Send(v1::SendMessageRequest {
+            client_msg_id: client_msg_id.into(),
+            conversation_id: conversation.into(),
+            content: Some(common::text_content(text)),
+        })),
+    };
+    stream
+        .tx
+        .send(event)
+        .await
+        .map_err(|_| tonic::Status::unavailable("stream gone"))?;
+    loop {
+        match stream.next().await? {
+            v1::server_event::Event::SendResult(result) => {
+                return match result.outcome {
+                    Some(v1::send_result::Outcome::Message(m)) => Ok(m),
+                    other => panic!("send {client_msg_id} refused: {other:?}"),
+                };
+            }
+            _ => continue,
+        }
+    }
+}
+
 #[tokio::test]
 async fn kill_9_right_after_acknowledgements_loses_nothing() {
     let dir = tempfile::tempdir().unwrap();
@@ -53,16 +85,25 @@ async fn kill_9_right_after_acknowledgements_loses_nothing() {
     let acked: Arc<Mutex<BTreeMap<String, v1::Message>>> = Arc::default();
     let (enough_tx, enough_rx) = tokio::sync::watch::channel(false);
     let mut senders = Vec::new();
+    // Senders 0-3 use SendMessage; senders 4-7 send on Connect streams and count a
+    // `send_result` as the acknowledgement.
     for s in 0..8 {
         let (alice, dm, acked, enough_tx) =
             (alice.clone(), dm.clone(), acked.clone(), enough_tx.clone());
         senders.push(tokio::spawn(async move {
+            let mut stream = if s >= 4 {
+                Some(alice.connect().await)
+            } else {
+                None
+            };
             for i in 0.. {
                 let id = format!("k{s}-{i}");
-                match alice
-                    .try_send_text(&dm, &id, &format!("message {id}"))
-                    .await
-                {
+                let text = format!("message {id}");
+                let outcome = match stream.as_mut() {
+                    None => alice.try_send_text(&dm, &id, &text).await,
+                    Some(stream) => send_on_stream(stream, &dm, &id, &text).await,
+                };
+                match outcome {
                     Ok(m) => {
                         let mut acked = acked.lock().await;
                         acked.insert(id, m);
@@ -70,11 +111,13 @@ async fn kill_9_right_after_acknowledgements_loses_nothing() {
                             let _ = enough_tx.send(true);
                         }
                     }
+                    // The server was killed.
                     Err(status)
-                        if status.code() == Code::Unavailable || status.code() == Code::Unknown =>
+                        if [Code::Unavailable, Code::Unknown, Code::Cancelled]
+                            .contains(&status.code()) =>
                     {
                         return;
-                    } // killed
+                    }
                     Err(status) => panic!("send {id} failed before the kill: {status:?}"),
                 }
             }
@@ -136,8 +179,28 @@ async fn sigterm_tells_live_streams_and_exits_cleanly() {
         .send_text(&alice.dm_with(&bob), "before shutdown")
         .await;
     let mut stream = bob.connect().await;
+    let mut watch = bob
+        .presence()
+        .watch_presence(v1::WatchPresenceRequest { user_ids: vec![] })
+        .await
+        .unwrap()
+        .into_inner();
+    let started = std::time::Instant::now();
     let status = chatd.terminate().await;
     assert!(status.success(), "chatd exits 0 after SIGTERM: {status:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "open streams do not hold shutdown for its 10 s grace: took {:?}",
+        started.elapsed()
+    );
+    let watch_end = loop {
+        match watch.message().await {
+            Ok(Some(_)) => continue,
+            Ok(None) => panic!("WatchPresence ended without a status"),
+            Err(status) => break status,
+        }
+    };
+    assert_eq!(watch_end.code(), Code::Unavailable, "{watch_end:?}");
     let ended = loop {
         match stream.next().await {
             Ok(_) => continue,

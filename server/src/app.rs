@@ -38,7 +38,7 @@ use crate::{
         chat::ChatLimits, rate_limit::RateLimiter,
     },
     session::{CloseReason, Hub},
-    snowflake::Snowflake,
+    snowflake::{self, Snowflake},
 };
 
 /// The gRPC service names, for health reporting.
@@ -63,11 +63,8 @@ pub async fn open_backends(config: &Config) -> anyhow::Result<Backends> {
     let push: Arc<dyn Push> = match &config.push_webhook_url {
         Some(url) => {
             let webhook = WebhookConfig {
-                ..WebhookConfig::new(url.clone())
-            };
-            let webhook = WebhookConfig {
                 include_text: config.push_include_text,
-                ..webhook
+                ..WebhookConfig::new(url.clone())
             };
             Arc::new(
                 WebhookPush::start(webhook)
@@ -110,7 +107,11 @@ pub async fn run(
         .clone()
         .unwrap_or_else(|| config.data_dir.join("signing.key"));
     let signer = TokenSigner::load_or_create(&key_file)?;
-    let auth = Arc::new(Authenticator::new(signer, backends.directory.clone()));
+    let auth = Arc::new(Authenticator::new(
+        signer,
+        backends.directory.clone(),
+        config.access_token_ttl,
+    ));
     let hub = Hub::new(
         config.max_streams_per_user,
         config.outbox_capacity,
@@ -125,6 +126,11 @@ pub async fn run(
         config.max_streams_per_user,
         background.clone(),
     );
+    let presence_for_shutdown = presence.clone();
+    let floor_file = config.data_dir.join("snowflake.floor");
+    let message_ids =
+        Snowflake::new(config.worker_id).with_floor(snowflake::read_floor(&floor_file)?);
+    snowflake::keep_floor_ahead(floor_file, background.clone()).await?;
     let accounts = Arc::new(AccountService::new(
         backends.directory.clone(),
         auth.clone(),
@@ -149,7 +155,7 @@ pub async fn run(
     let chat = Arc::new(ChatService::new(
         backends.clone(),
         hub.clone(),
-        Snowflake::new(config.worker_id),
+        message_ids,
         RateLimiter::new(config.send_rate, config.send_burst),
         limits,
         metrics.clone(),
@@ -179,7 +185,7 @@ pub async fn run(
         .build_v1alpha()?;
 
     let router = Server::builder()
-        .layer(AuthLayer::new(auth.clone()))
+        .layer(AuthLayer::new(auth.clone(), metrics.clone()))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
@@ -244,6 +250,7 @@ pub async fn run(
                 health_reporter.set_service_status(*name, ServingStatus::NotServing).await;
             }
             hub.close_all(CloseReason::Shutdown);
+            presence_for_shutdown.close_all();
             stop_accepting.cancel();
             match tokio::time::timeout(config.shutdown_grace, &mut serve).await {
                 Ok(result) => result.context("gRPC server failed during shutdown")?,
@@ -253,6 +260,7 @@ pub async fn run(
     }
     background.cancel();
     backends.push.close().await;
+    backends.directory.close().await;
     backends
         .messages
         .close()

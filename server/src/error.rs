@@ -36,24 +36,31 @@ pub enum Error {
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
+    /// `INVALID_ARGUMENT` with a message for the user.
     pub fn invalid(msg: impl Into<String>) -> Self {
         Self::InvalidArgument(msg.into())
     }
+    /// `UNAUTHENTICATED` with a message for the user.
     pub fn unauthenticated(msg: impl Into<String>) -> Self {
         Self::Unauthenticated(msg.into())
     }
+    /// `PERMISSION_DENIED` with a message for the user.
     pub fn denied(msg: impl Into<String>) -> Self {
         Self::PermissionDenied(msg.into())
     }
+    /// `NOT_FOUND` with a message for the user.
     pub fn not_found(msg: impl Into<String>) -> Self {
         Self::NotFound(msg.into())
     }
+    /// `RESOURCE_EXHAUSTED` with a message for the user.
     pub fn exhausted(msg: impl Into<String>) -> Self {
         Self::ResourceExhausted(msg.into())
     }
+    /// `UNAVAILABLE`: the caller should retry.
     pub fn unavailable(msg: impl Into<String>) -> Self {
         Self::Unavailable(msg.into())
     }
+    /// A bug or corrupt data; the detail is logged, never sent.
     pub fn internal(msg: impl Into<String>) -> Self {
         Self::Internal(msg.into())
     }

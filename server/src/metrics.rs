@@ -37,6 +37,7 @@ pub struct Metrics {
 }
 
 impl Metrics {
+    /// A fresh registry with every metric at zero.
     pub fn new() -> Arc<Self> {
         let mut registry = Registry::with_prefix("daehwa");
         let buckets = || {

@@ -3,6 +3,8 @@
 //! steps back: the generator never goes below the last millisecond it used, and when the
 //! 4,096 ids of a millisecond are spent it borrows the next millisecond. Uniqueness across
 //! servers comes from distinct worker ids (static config now, leased from the registry later).
+//! Across restarts, a floor file kept ahead of the clock ([`keep_floor_ahead`]) stops a
+//! server whose clock went back from reusing the previous run's ids.
 
 use std::{
     sync::Mutex,
@@ -45,6 +47,16 @@ impl Snowflake {
         }
     }
 
+    /// Never issues an id from a millisecond before `floor_ms` (Unix ms): a restart whose
+    /// clock is behind the previous run's continues after that run's ids.
+    pub fn with_floor(self, floor_ms: u64) -> Self {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        state.last_ms = state.last_ms.max(floor_ms.saturating_sub(EPOCH_MS));
+        state.sequence = MAX_SEQUENCE; // the floor millisecond itself may be spent
+        drop(state);
+        self
+    }
+
     /// The next id. Never blocks on the clock: a spent millisecond borrows the next one.
     pub fn next_id(&self) -> u64 {
         let now = (self.clock)().saturating_sub(EPOCH_MS);
@@ -76,6 +88,62 @@ impl Snowflake {
     pub fn worker_of(id: u64) -> u16 {
         ((id >> SEQUENCE_BITS) & ((1 << WORKER_BITS) - 1)) as u16
     }
+}
+
+/// How far ahead of the clock the persisted floor is kept. A crash can leave ids up to this
+/// far past the last write; the next run starts above them.
+const RESERVATION_MS: u64 = 10_000;
+
+/// Reads the floor left by the previous run (`0` when there is none).
+pub fn read_floor(path: &std::path::Path) -> anyhow::Result<u64> {
+    match std::fs::read(path) {
+        Ok(bytes) => {
+            let bytes: [u8; 8] = bytes
+                .try_into()
+                .map_err(|_| anyhow::anyhow!("{} must hold exactly 8 bytes", path.display()))?;
+            Ok(u64::from_be_bytes(bytes))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(0),
+        Err(e) => Err(anyhow::anyhow!("cannot read {}: {e}", path.display())),
+    }
+}
+
+/// Keeps `path` at least [`RESERVATION_MS`] ahead of the ids being issued: writes
+/// `now + RESERVATION_MS` (durably: write a temp file, fsync, rename) at start and every
+/// second until `stop` is cancelled. The first write happens before this returns.
+pub async fn keep_floor_ahead(
+    path: std::path::PathBuf,
+    stop: tokio_util::sync::CancellationToken,
+) -> anyhow::Result<()> {
+    let write = |path: std::path::PathBuf| {
+        tokio::task::spawn_blocking(move || write_floor(&path, system_ms() + RESERVATION_MS))
+    };
+    write(path.clone()).await??;
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            match write(path.clone()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::warn!(error = %e, "cannot persist the message id floor"),
+                Err(e) => tracing::warn!(error = %e, "id floor task failed"),
+            }
+        }
+    });
+    Ok(())
+}
+
+fn write_floor(path: &std::path::Path, floor_ms: u64) -> anyhow::Result<()> {
+    use std::io::Write;
+    let temp = path.with_extension("tmp");
+    let mut file = std::fs::File::create(&temp)?;
+    file.write_all(&floor_ms.to_be_bytes())?;
+    file.sync_all()?;
+    std::fs::rename(&temp, path)?;
+    Ok(())
 }
 
 fn system_ms() -> u64 {
@@ -117,6 +185,26 @@ mod tests {
         assert!(ids.windows(2).all(|w| w[0] < w[1]));
         assert_eq!(Snowflake::timestamp_ms(ids[0]), EPOCH_MS + 42);
         assert_eq!(Snowflake::timestamp_ms(ids[4999]), EPOCH_MS + 43);
+    }
+
+    #[test]
+    fn a_floor_from_a_previous_run_wins_over_a_clock_that_is_behind() {
+        let previous = Snowflake::with_clock(3, || EPOCH_MS + 50_000);
+        let last_of_previous_run = previous.next_id();
+        let restarted =
+            Snowflake::with_clock(3, || EPOCH_MS + 20_000).with_floor(EPOCH_MS + 50_000);
+        assert!(restarted.next_id() > last_of_previous_run);
+    }
+
+    #[tokio::test]
+    async fn the_floor_file_is_written_ahead_of_the_clock_and_read_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("snowflake.floor");
+        assert_eq!(read_floor(&path).unwrap(), 0);
+        let stop = tokio_util::sync::CancellationToken::new();
+        keep_floor_ahead(path.clone(), stop.clone()).await.unwrap();
+        stop.cancel();
+        assert!(read_floor(&path).unwrap() >= system_ms() + RESERVATION_MS - 1_000);
     }
 
     #[test]

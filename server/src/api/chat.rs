@@ -15,6 +15,7 @@ use futures::Stream;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::{ApiContext, reply, status};
+use crate::error::Error;
 use crate::{
     auth::{AuthContext, layer::caller},
     service::{ChatService, PresenceService},
@@ -74,8 +75,12 @@ async fn serve_inbound(
             Ok(None) => return,
             Err(e) => {
                 tracing::debug!(user_id = %me.user, error = %e, "client stream ended with an error");
-                if e.code() != tonic::Code::Cancelled {
-                    session.close(CloseReason::Invalid);
+                match e.code() {
+                    tonic::Code::Cancelled => {}
+                    tonic::Code::OutOfRange | tonic::Code::ResourceExhausted => {
+                        session.close(CloseReason::TooLarge)
+                    }
+                    _ => session.close(CloseReason::Invalid),
                 }
                 return;
             }
@@ -157,10 +162,15 @@ impl ChatRpc for ChatApi {
         let me = caller(&request)?;
         let r = request.into_inner();
         self.presence.touch(me.user);
-        let result = self
-            .chat
-            .send(me, &r.client_msg_id, &r.conversation_id, r.content)
-            .await;
+        // Run to completion even if the caller goes away: once the message is stored, its
+        // live delivery must still happen (a retry would find a duplicate and not deliver).
+        let chat = self.chat.clone();
+        let result = tokio::spawn(async move {
+            chat.send(me, &r.client_msg_id, &r.conversation_id, r.content)
+                .await
+        })
+        .await
+        .unwrap_or_else(|e| Err(Error::internal(format!("send task failed: {e}"))));
         reply(
             &self.ctx.metrics,
             result.map(|m| v1::SendMessageResponse { message: Some(m) }),

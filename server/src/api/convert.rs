@@ -7,6 +7,7 @@ use crate::{
     service::presence::timestamp,
 };
 
+/// A user record as the wire `User`.
 pub fn user(u: UserRecord) -> v1::User {
     v1::User {
         user_id: u.id.0,
@@ -18,6 +19,7 @@ pub fn user(u: UserRecord) -> v1::User {
     }
 }
 
+/// A group record as the wire `Group` (with its conversation id).
 pub fn group(g: GroupRecord) -> v1::Group {
     v1::Group {
         group_id: g.id.0,
@@ -29,6 +31,7 @@ pub fn group(g: GroupRecord) -> v1::Group {
     }
 }
 
+/// Settings as the wire message.
 pub fn settings(s: UserSettings) -> v1::Settings {
     v1::Settings {
         notifications_enabled: s.notifications_enabled,
@@ -36,6 +39,7 @@ pub fn settings(s: UserSettings) -> v1::Settings {
     }
 }
 
+/// Wire settings as the domain record.
 pub fn settings_from(s: v1::Settings) -> UserSettings {
     UserSettings {
         notifications_enabled: s.notifications_enabled,
@@ -43,6 +47,7 @@ pub fn settings_from(s: v1::Settings) -> UserSettings {
     }
 }
 
+/// A relation as the wire enum.
 pub fn friendship_state(r: Relation) -> v1::FriendshipState {
     match r {
         Relation::Outgoing => v1::FriendshipState::Outgoing,

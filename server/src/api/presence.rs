@@ -83,8 +83,10 @@ impl PresenceRpc for PresenceApi {
         let stream = stream::unfold(Some(handle), |handle| async move {
             let mut handle = handle?;
             let too_slow = handle.too_slow.clone();
+            let closing = handle.closing.clone();
             tokio::select! {
                 biased;
+                () = closing.cancelled() => Some((Err(Status::unavailable("server shutting down: reconnect")), None)),
                 () = too_slow.cancelled() => Some((Err(Status::resource_exhausted("presence stream closed: too slow; reconnect")), None)),
                 event = handle.events.recv() => event.map(|e| (Ok(e), Some(handle))),
             }

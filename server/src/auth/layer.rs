@@ -1,7 +1,8 @@
-//! The tower layer that authenticates every RPC except the public ones (SignUp, Login,
-//! Refresh, health and reflection). On success it puts an [`AuthContext`] in the request's
-//! extensions, where handlers find it with [`caller`]; on failure it answers
-//! `UNAUTHENTICATED` without calling the service.
+//! The tower layer in front of every RPC. It authenticates all but the public ones (SignUp,
+//! Login, Refresh, health and reflection): on success it puts an [`AuthContext`] in the
+//! request's extensions, where handlers find it with [`caller`]; on failure it answers
+//! `UNAUTHENTICATED` without calling the service. It also reports requests refused for their
+//! size as `RESOURCE_EXHAUSTED`.
 
 use std::{
     future::Future,
@@ -14,6 +15,7 @@ use tonic::{Request, Status, body::Body};
 use tower::{Layer, Service};
 
 use super::{AuthContext, Authenticator};
+use crate::metrics::Metrics;
 
 /// RPC paths (or path prefixes ending in '/') callable without a token.
 const PUBLIC: &[&str] = &[
@@ -48,11 +50,13 @@ pub fn caller<T>(request: &Request<T>) -> Result<AuthContext, Status> {
 #[derive(Clone)]
 pub struct AuthLayer {
     auth: Arc<Authenticator>,
+    metrics: Arc<Metrics>,
 }
 
 impl AuthLayer {
-    pub fn new(auth: Arc<Authenticator>) -> Self {
-        Self { auth }
+    /// Authenticates with `auth`; refusals are counted in `metrics`.
+    pub fn new(auth: Arc<Authenticator>, metrics: Arc<Metrics>) -> Self {
+        Self { auth, metrics }
     }
 }
 
@@ -63,6 +67,7 @@ impl<S> Layer<S> for AuthLayer {
         AuthMiddleware {
             inner,
             auth: self.auth.clone(),
+            metrics: self.metrics.clone(),
         }
     }
 }
@@ -72,6 +77,7 @@ impl<S> Layer<S> for AuthLayer {
 pub struct AuthMiddleware<S> {
     inner: S,
     auth: Arc<Authenticator>,
+    metrics: Arc<Metrics>,
 }
 
 impl<S, B> Service<http::Request<B>> for AuthMiddleware<S>
@@ -92,23 +98,41 @@ where
         // The clone that was made ready is the one to call (tower's readiness contract).
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
-        if is_public(request.uri().path()) {
-            return Box::pin(inner.call(request));
-        }
+        let public = is_public(request.uri().path());
         let auth = self.auth.clone();
+        let metrics = self.metrics.clone();
         Box::pin(async move {
-            let header = request
-                .headers()
-                .get(http::header::AUTHORIZATION)
-                .and_then(|v| v.to_str().ok());
-            match auth.authenticate(header).await {
-                Ok(context) => {
-                    request.extensions_mut().insert(context);
-                    inner.call(request).await
+            if !public {
+                let header = request
+                    .headers()
+                    .get(http::header::AUTHORIZATION)
+                    .and_then(|v| v.to_str().ok());
+                match auth.authenticate(header).await {
+                    Ok(context) => {
+                        request.extensions_mut().insert(context);
+                    }
+                    Err(error) => {
+                        metrics.count_error(error.code());
+                        return Ok(error.into_status().into_http());
+                    }
                 }
-                Err(error) => Ok(error.into_status().into_http()),
             }
+            let mut response = inner.call(request).await?;
+            size_limit_is_resource_exhausted(&mut response);
+            Ok(response)
         })
+    }
+}
+
+/// tonic refuses a request above the size limit with OUT_OF_RANGE before any handler runs;
+/// the API promises RESOURCE_EXHAUSTED for size limits, so trailers-only answers (unary
+/// calls) are relabelled here. Streams close themselves with RESOURCE_EXHAUSTED.
+fn size_limit_is_resource_exhausted(response: &mut http::Response<Body>) {
+    let out_of_range = http::HeaderValue::from_static("11");
+    if response.headers().get("grpc-status") == Some(&out_of_range) {
+        response
+            .headers_mut()
+            .insert("grpc-status", http::HeaderValue::from_static("8"));
     }
 }
 

@@ -33,25 +33,40 @@ pub struct AuthContext {
 }
 
 /// How long a "device is not revoked" answer is trusted before the directory is asked again.
-/// Revocations made by this server take effect at once (the cache is updated); the TTL only
+/// Revocations made by this server take effect at once (see [`DeviceCache`]); the TTL only
 /// bounds how long a revocation made elsewhere could go unseen.
 const LIVE_DEVICE_TTL: Duration = Duration::from_secs(30);
-/// Entries kept before the cache is cleared (bounds memory).
+/// Entries kept before the cache is pruned (bounds memory).
 const MAX_CACHED_DEVICES: usize = 100_000;
+
+/// What this server knows about devices without asking the directory.
+///
+/// `revoked` holds tombstones of devices revoked here, kept as long as an access token issued
+/// before the revocation could still be unexpired. A tombstone is set *before* the directory
+/// write and checked *after* every directory read, so a check racing a logout can never put
+/// the revoked device back in `live`.
+#[derive(Default)]
+struct DeviceCache {
+    live: HashMap<DeviceId, Instant>,
+    revoked: HashMap<DeviceId, Instant>,
+}
 
 /// Verifies access tokens and knows which devices are revoked.
 pub struct Authenticator {
     signer: TokenSigner,
     directory: Arc<dyn Directory>,
-    live_devices: Mutex<HashMap<DeviceId, Instant>>,
+    access_ttl: Duration,
+    devices: Mutex<DeviceCache>,
 }
 
 impl Authenticator {
-    pub fn new(signer: TokenSigner, directory: Arc<dyn Directory>) -> Self {
+    /// `access_ttl` is how long issued access tokens live (how long a tombstone must stay).
+    pub fn new(signer: TokenSigner, directory: Arc<dyn Directory>, access_ttl: Duration) -> Self {
         Self {
             signer,
             directory,
-            live_devices: Mutex::default(),
+            access_ttl,
+            devices: Mutex::default(),
         }
     }
 
@@ -86,41 +101,57 @@ impl Authenticator {
     }
 
     async fn ensure_live(&self, device: DeviceId) -> Result<()> {
-        let fresh = {
-            let cache = self.live_devices.lock().unwrap_or_else(|p| p.into_inner());
-            cache
+        let revoked = || Error::unauthenticated("this session was revoked: log in again");
+        {
+            let cache = self.lock_devices();
+            if cache.revoked.contains_key(&device) {
+                return Err(revoked());
+            }
+            if cache
+                .live
                 .get(&device)
                 .is_some_and(|checked| checked.elapsed() < LIVE_DEVICE_TTL)
-        };
-        if fresh {
-            return Ok(());
+            {
+                return Ok(());
+            }
         }
         match self.directory.device(device).await? {
             Some(d) if !d.revoked => {
-                let mut cache = self.live_devices.lock().unwrap_or_else(|p| p.into_inner());
-                if cache.len() >= MAX_CACHED_DEVICES {
-                    cache.clear();
+                let mut cache = self.lock_devices();
+                if cache.revoked.contains_key(&device) {
+                    return Err(revoked());
                 }
-                cache.insert(device, Instant::now());
+                if cache.live.len() >= MAX_CACHED_DEVICES {
+                    cache.live.clear();
+                }
+                cache.live.insert(device, Instant::now());
                 Ok(())
             }
-            _ => Err(Error::unauthenticated(
-                "this session was revoked: log in again",
-            )),
+            _ => Err(revoked()),
         }
     }
 
-    /// Revokes a device everywhere this server looks: the directory and the cache.
+    /// Revokes a device everywhere this server looks: the cache first, then the directory.
     pub async fn revoke(&self, device: DeviceId) -> Result<()> {
         self.forget(device);
         self.directory.revoke_device(device).await
     }
 
-    /// Drops a device from the cache (after the directory revoked it).
+    /// Marks a device revoked in the cache (the directory revoked it, or is about to).
     pub fn forget(&self, device: DeviceId) {
-        self.live_devices
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&device);
+        let mut cache = self.lock_devices();
+        cache.live.remove(&device);
+        if cache.revoked.len() >= MAX_CACHED_DEVICES {
+            let keep = self.access_ttl;
+            cache.revoked.retain(|_, at| at.elapsed() < keep);
+        }
+        cache.revoked.insert(device, Instant::now());
+    }
+
+    fn lock_devices(&self) -> std::sync::MutexGuard<'_, DeviceCache> {
+        self.devices.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -39,6 +39,7 @@ pub struct AccountService {
 }
 
 impl AccountService {
+    /// Accounts over `directory`; tokens from `auth`; logout ends streams in `hub`.
     pub fn new(
         directory: Arc<dyn Directory>,
         auth: Arc<Authenticator>,

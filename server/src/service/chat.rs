@@ -9,6 +9,8 @@
 
 use std::{sync::Arc, time::Instant};
 
+use tokio::sync::Semaphore;
+
 use daehwa::v1::{
     Content, Message, ReadReceipt, ServerEvent, TypingNotice, content::Kind, server_event::Event,
 };
@@ -56,9 +58,18 @@ pub struct ChatService {
     rate: RateLimiter,
     limits: ChatLimits,
     metrics: Arc<Metrics>,
+    typing_rate: RateLimiter,
+    push_tasks: Arc<Semaphore>,
 }
 
+/// Typing notices per second per user (burst 10); more are dropped.
+const TYPING_RATE: f64 = 2.0;
+/// Messages whose push notifications may be in preparation at once; beyond, pushes are
+/// dropped (the messages are stored; devices sync when they connect).
+const PUSH_BACKLOG: usize = 1024;
+
 impl ChatService {
+    /// A chat service over `backends`, delivering through `hub`.
     pub fn new(
         backends: Backends,
         hub: Arc<Hub>,
@@ -74,6 +85,8 @@ impl ChatService {
             rate,
             limits,
             metrics,
+            typing_rate: RateLimiter::new(TYPING_RATE, 10),
+            push_tasks: Arc::new(Semaphore::new(PUSH_BACKLOG)),
         }
     }
 
@@ -112,7 +125,7 @@ impl ChatService {
             return Ok(appended.message);
         }
         self.metrics.messages_sent.inc();
-        self.fan_out(caller, &members, &appended.message).await;
+        self.fan_out(caller, &members, &appended.message);
         Ok(appended.message)
     }
 
@@ -139,43 +152,40 @@ impl ChatService {
         }
     }
 
-    async fn fan_out(&self, caller: AuthContext, members: &[UserId], message: &Message) {
+    /// Offers the message to every live session of every member (except the sending
+    /// device), then hands members with no live session to push, off the sender's path.
+    fn fan_out(&self, caller: AuthContext, members: &[UserId], message: &Message) {
         let event = Arc::new(ServerEvent {
             event: Some(Event::Message(message.clone())),
         });
+        let mut offline = Vec::new();
         for &member in members {
             let skip = (member == caller.user).then_some(caller.device);
             let delivered = self.hub.deliver(member, skip, &event);
             if member != caller.user && delivered == 0 && !self.hub.is_connected(member) {
-                self.push(member, message).await;
+                offline.push(member);
             }
         }
-    }
-
-    async fn push(&self, user: UserId, message: &Message) {
-        match self.backends.directory.settings(user).await {
-            Ok(settings) if !settings.notifications_enabled => return,
-            Ok(_) => {}
-            Err(e) => {
-                tracing::warn!(user_id = %user, error = %e, "cannot read settings for push; sending anyway")
-            }
+        if offline.is_empty() {
+            return;
         }
-        let text = match message.content.as_ref().and_then(|c| c.kind.as_ref()) {
-            Some(Kind::Text(t)) if self.limits.push_include_text => Some(t.clone()),
-            _ => None,
+        let Ok(permit) = self.push_tasks.clone().try_acquire_owned() else {
+            tracing::warn!(
+                recipients = offline.len(),
+                "push backlog full: notifications dropped"
+            );
+            return;
         };
-        self.metrics.pushes.inc();
-        self.backends
-            .push
-            .notify(PushNotification {
-                user_id: user.0,
-                conversation_id: message.conversation_id.clone(),
-                message_id: message.message_id,
-                seq: message.seq,
-                sender_id: message.sender_id,
-                text,
-            })
-            .await;
+        let job = PushJob {
+            backends: self.backends.clone(),
+            metrics: self.metrics.clone(),
+            include_text: self.limits.push_include_text,
+        };
+        let message = message.clone();
+        tokio::spawn(async move {
+            job.notify_all(&offline, &message).await;
+            drop(permit);
+        });
     }
 
     /// Everything after each cursor, ascending per conversation, at most `limit` in all.
@@ -278,6 +288,9 @@ impl ChatService {
             .messages
             .mark_read(caller.user, conversation, seq)
             .await?;
+        if read == 0 {
+            return Ok(read); // nothing to read: nobody to tell
+        }
         let event = Arc::new(ServerEvent {
             event: Some(Event::ReadReceipt(ReadReceipt {
                 conversation_id: conversation.to_string(),
@@ -296,9 +309,15 @@ impl ChatService {
     }
 
     /// Tells the other members I am typing (not stored).
+    ///
+    /// Typing in a direct conversation needs a friendship (like sending); typing
+    /// notices beyond the typing rate are dropped silently (they are hints, not data).
     pub async fn typing(&self, caller: AuthContext, conversation: &str) -> Result<()> {
         let conversation: ConversationId = conversation.parse()?;
-        let members = self.ensure_reader(caller.user, conversation).await?;
+        let members = self.members_for_send(caller.user, conversation).await?;
+        if !self.typing_rate.try_acquire(caller.user) {
+            return Ok(());
+        }
         let event = Arc::new(ServerEvent {
             event: Some(Event::Typing(TypingNotice {
                 conversation_id: conversation.to_string(),
@@ -336,6 +355,44 @@ impl ChatService {
         match limit as usize {
             0 => DEFAULT_PAGE.min(self.limits.max_page_size),
             n => n.min(self.limits.max_page_size),
+        }
+    }
+}
+
+/// Push notifications for one message, run off the sender's path.
+struct PushJob {
+    backends: Backends,
+    metrics: Arc<Metrics>,
+    include_text: bool,
+}
+
+impl PushJob {
+    /// Notifies each user who has notifications on.
+    async fn notify_all(&self, users: &[UserId], message: &Message) {
+        let text = match message.content.as_ref().and_then(|c| c.kind.as_ref()) {
+            Some(Kind::Text(t)) if self.include_text => Some(t.clone()),
+            _ => None,
+        };
+        for &user in users {
+            match self.backends.directory.settings(user).await {
+                Ok(settings) if !settings.notifications_enabled => continue,
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(user_id = %user, error = %e, "cannot read settings for push; sending anyway")
+                }
+            }
+            self.metrics.pushes.inc();
+            self.backends
+                .push
+                .notify(PushNotification {
+                    user_id: user.0,
+                    conversation_id: message.conversation_id.clone(),
+                    message_id: message.message_id,
+                    seq: message.seq,
+                    sender_id: message.sender_id,
+                    text: text.clone(),
+                })
+                .await;
         }
     }
 }

@@ -18,6 +18,7 @@ pub struct GroupService {
 }
 
 impl GroupService {
+    /// Group rules over `directory`, with groups of at most `max_members`.
     pub fn new(directory: Arc<dyn Directory>, max_members: usize) -> Self {
         Self {
             directory,
@@ -25,6 +26,7 @@ impl GroupService {
         }
     }
 
+    /// Creates a group of `owner` and `members` (friends of the owner).
     pub async fn create(
         &self,
         owner: UserId,
@@ -56,10 +58,12 @@ impl GroupService {
         Ok(group)
     }
 
+    /// The groups `me` belongs to.
     pub async fn list(&self, me: UserId) -> Result<Vec<GroupRecord>> {
         self.directory.groups_of(me).await
     }
 
+    /// Adds friends of `me` to a group `me` belongs to; already-members are ignored.
     pub async fn add_members(
         &self,
         me: UserId,
@@ -83,6 +87,7 @@ impl GroupService {
             .await
     }
 
+    /// Removes `user` (the owner removes anyone; others only themselves).
     pub async fn remove_member(
         &self,
         me: UserId,
@@ -103,6 +108,7 @@ impl GroupService {
         self.directory.remove_member(id, user).await
     }
 
+    /// `me` leaves the group (ownership passes on if `me` owned it).
     pub async fn leave(&self, me: UserId, id: GroupId) -> Result<()> {
         self.get(me, id).await?;
         self.directory.remove_member(id, me).await.map(|_| ())

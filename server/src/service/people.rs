@@ -34,6 +34,7 @@ pub struct PeopleService {
 }
 
 impl PeopleService {
+    /// Profiles and friends over `directory`; visibility changes reach `presence`.
     pub fn new(directory: Arc<dyn Directory>, presence: Arc<PresenceService>) -> Self {
         Self {
             directory,
@@ -56,6 +57,7 @@ impl PeopleService {
         })
     }
 
+    /// Changes the fields that are set, after validating them.
     pub async fn update_profile(&self, me: UserId, update: ProfileUpdate) -> Result<UserRecord> {
         let update = ProfileUpdate {
             display_name: match update.display_name {
@@ -80,6 +82,7 @@ impl PeopleService {
         self.directory.update_profile(me, &update).await
     }
 
+    /// `me`'s settings.
     pub async fn settings(&self, me: UserId) -> Result<UserSettings> {
         self.directory.settings(me).await
     }
@@ -120,6 +123,7 @@ impl PeopleService {
         }
     }
 
+    /// Friends, incoming and outgoing requests, with profiles.
     pub async fn friends(&self, me: UserId) -> Result<FriendLists> {
         let relations = self.directory.relations(me).await?;
         let ids: Vec<UserId> = relations.iter().map(|r| r.other).collect();

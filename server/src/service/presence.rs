@@ -70,6 +70,8 @@ pub struct WatchHandle {
     pub events: mpsc::Receiver<PresenceEvent>,
     /// Cancelled when the watcher fell too far behind.
     pub too_slow: CancellationToken,
+    /// Cancelled when the server shuts down.
+    pub closing: CancellationToken,
 }
 
 impl Drop for WatchHandle {
@@ -100,6 +102,7 @@ pub struct PresenceService {
     next_watcher: AtomicU64,
     watcher_capacity: usize,
     max_watchers_per_user: usize,
+    closing: CancellationToken,
 }
 
 impl PresenceService {
@@ -125,6 +128,7 @@ impl PresenceService {
             next_watcher: AtomicU64::new(1),
             watcher_capacity,
             max_watchers_per_user,
+            closing: CancellationToken::new(),
         });
         hub.set_observer(Arc::new(StreamObserver(Arc::downgrade(&service))));
         tokio::spawn(service.clone().fan_out(rx, shutdown.clone()));
@@ -205,6 +209,11 @@ impl PresenceService {
                 "user {stranger} is not your friend: presence is visible to friends only"
             )));
         }
+        self.visible_presence(viewer, ids).await
+    }
+
+    /// Presence of `ids`, who must be `viewer` or friends of `viewer` (unchecked here).
+    async fn visible_presence(&self, viewer: UserId, ids: &[UserId]) -> Result<Vec<PresenceEvent>> {
         let mut out = Vec::with_capacity(ids.len());
         for &id in ids {
             let visible = id == viewer || self.directory.settings(id).await?.presence_visible;
@@ -241,7 +250,14 @@ impl PresenceService {
         } else {
             ids.to_vec()
         };
-        let initial = self.presence_for(viewer, &initial_ids).await?;
+        if self.closing.is_cancelled() {
+            return Err(Error::unavailable("server shutting down: reconnect"));
+        }
+        let initial = if ids.is_empty() {
+            self.visible_presence(viewer, &initial_ids).await?
+        } else {
+            self.presence_for(viewer, &initial_ids).await?
+        };
         let (tx, events) = mpsc::channel(self.watcher_capacity.max(initial.len() + 16));
         let too_slow = CancellationToken::new();
         let id = self.next_watcher.fetch_add(1, Ordering::Relaxed);
@@ -271,7 +287,13 @@ impl PresenceService {
             id,
             events,
             too_slow,
+            closing: self.closing.clone(),
         })
+    }
+
+    /// Ends every WatchPresence stream (shutdown); new ones are refused.
+    pub fn close_all(&self) {
+        self.closing.cancel();
     }
 
     fn announce(&self, change: Change) {
@@ -372,7 +394,8 @@ impl PresenceService {
     }
 }
 
-/// Hears streams open and close from the hub (held weakly: the hub outlives nothing).
+/// Hears streams open and close from the hub. Holds the service weakly: the hub holds the
+/// observer, and the service holds the hub, so a strong reference would be a cycle.
 struct StreamObserver(std::sync::Weak<PresenceService>);
 
 impl SessionObserver for StreamObserver {

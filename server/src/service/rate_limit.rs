@@ -15,18 +15,32 @@ struct Bucket {
 pub struct RateLimiter {
     rate: f64,
     burst: f64,
-    buckets: Mutex<HashMap<UserId, Bucket>>,
+    buckets: Mutex<Buckets>,
+}
+
+/// The buckets and when to sweep them.
+
+#[derive(Default)]
+struct Buckets {
+    by_user: HashMap<UserId, Bucket>,
+    /// Size at which full buckets are next swept: twice what survived the last sweep, so
+    /// sweeps cost O(1) amortised per acquire.
+    sweep_at: usize,
 }
 
 /// Buckets kept before full ones are swept.
 const SWEEP_AT: usize = 10_000;
 
 impl RateLimiter {
+    /// `rate` tokens per second, at most `burst` saved up.
     pub fn new(rate: f64, burst: u32) -> Self {
         Self {
             rate,
             burst: f64::from(burst),
-            buckets: Mutex::default(),
+            buckets: Mutex::new(Buckets {
+                by_user: HashMap::new(),
+                sweep_at: SWEEP_AT,
+            }),
         }
     }
 
@@ -37,13 +51,14 @@ impl RateLimiter {
 
     fn try_acquire_at(&self, user: UserId, now: Instant) -> bool {
         let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
-        if buckets.len() >= SWEEP_AT {
+        if buckets.by_user.len() >= buckets.sweep_at {
             let (rate, burst) = (self.rate, self.burst);
-            buckets.retain(|_, b| {
+            buckets.by_user.retain(|_, b| {
                 b.tokens + now.duration_since(b.updated).as_secs_f64() * rate < burst
             });
+            buckets.sweep_at = SWEEP_AT.max(buckets.by_user.len() * 2);
         }
-        let bucket = buckets.entry(user).or_insert(Bucket {
+        let bucket = buckets.by_user.entry(user).or_insert(Bucket {
             tokens: self.burst,
             updated: now,
         });

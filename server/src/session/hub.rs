@@ -34,8 +34,10 @@ pub enum CloseReason {
     Revoked,
     /// The server is shutting down.
     Shutdown,
-    /// The client sent a malformed or oversized event.
+    /// The client sent a malformed event.
     Invalid,
+    /// The client sent an event larger than the request size limit.
+    TooLarge,
 }
 
 impl CloseReason {
@@ -47,9 +49,10 @@ impl CloseReason {
             ),
             Self::Revoked => Status::unauthenticated("this session was revoked: log in again"),
             Self::Shutdown => Status::unavailable("server shutting down: reconnect"),
-            Self::Invalid => {
-                Status::invalid_argument("malformed or oversized client event: stream closed")
+            Self::TooLarge => {
+                Status::resource_exhausted("client event larger than the size limit: stream closed")
             }
+            Self::Invalid => Status::invalid_argument("malformed client event: stream closed"),
         }
     }
 }
@@ -95,10 +98,12 @@ impl Session {
         }
     }
 
+    /// The user whose stream this is.
     pub fn user(&self) -> UserId {
         self.user
     }
 
+    /// The device whose stream this is.
     pub fn device(&self) -> DeviceId {
         self.device
     }
@@ -111,6 +116,7 @@ pub struct SessionHandle {
 }
 
 impl SessionHandle {
+    /// The registered session.
     pub fn session(&self) -> &Arc<Session> {
         &self.session
     }
@@ -123,9 +129,12 @@ impl Drop for SessionHandle {
     }
 }
 
-/// Called when a user's first session opens or last session closes on this server.
+/// Hears every session open and close on this server, in order (presence uses it).
+/// Called under the hub's lock: implementations must be quick and never call the hub.
 pub trait SessionObserver: Send + Sync {
+    /// A session of `user` opened.
     fn opened(&self, user: UserId);
+    /// A session of `user` closed; `remaining` of theirs are still open here.
     fn closed(&self, user: UserId, remaining: usize);
 }
 
@@ -142,6 +151,7 @@ pub struct Hub {
 }
 
 impl Hub {
+    /// A hub allowing `max_per_user` streams per user, each with `outbox_capacity` events.
     pub fn new(max_per_user: usize, outbox_capacity: usize, metrics: Arc<Metrics>) -> Arc<Self> {
         Arc::new(Self {
             sessions: Mutex::default(),
@@ -166,11 +176,6 @@ impl Hub {
         user: UserId,
         device: DeviceId,
     ) -> Result<(SessionHandle, mpsc::Receiver<Arc<ServerEvent>>)> {
-        if self.closing.load(Ordering::Acquire) {
-            return Err(Error::unavailable(
-                "server shutting down: connect to another server or retry",
-            ));
-        }
         let (tx, rx) = mpsc::channel(self.outbox_capacity);
         let session = Arc::new(Session {
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
@@ -182,6 +187,12 @@ impl Hub {
         });
         {
             let mut sessions = self.lock();
+            // Checked under the lock that close_all takes: no session slips in after it.
+            if self.closing.load(Ordering::Acquire) {
+                return Err(Error::unavailable(
+                    "server shutting down: connect to another server or retry",
+                ));
+            }
             let list = sessions.entry(user).or_default();
             if list.len() >= self.max_per_user {
                 return Err(Error::exhausted(format!(
@@ -190,12 +201,14 @@ impl Hub {
                 )));
             }
             list.push(session.clone());
+            // The observer hears opens and closes in the order they happen to the map: it is
+            // called under this lock (it never takes the hub's lock itself).
+            if let Some(observer) = self.observer.get() {
+                observer.opened(user);
+            }
         }
         self.total.fetch_add(1, Ordering::Relaxed);
         self.metrics.sessions.inc();
-        if let Some(observer) = self.observer.get() {
-            observer.opened(user);
-        }
         Ok((
             SessionHandle {
                 session,
@@ -206,7 +219,7 @@ impl Hub {
     }
 
     fn unregister(&self, session: &Session) {
-        let remaining = {
+        {
             let mut sessions = self.lock();
             let Some(list) = sessions.get_mut(&session.user) else {
                 return;
@@ -220,13 +233,12 @@ impl Hub {
             if remaining == 0 {
                 sessions.remove(&session.user);
             }
-            remaining
-        };
+            if let Some(observer) = self.observer.get() {
+                observer.closed(session.user, remaining);
+            }
+        }
         self.total.fetch_sub(1, Ordering::Relaxed);
         self.metrics.sessions.dec();
-        if let Some(observer) = self.observer.get() {
-            observer.closed(session.user, remaining);
-        }
     }
 
     /// Offers an event to every session of `user` except those of `skip_device`; returns how
@@ -274,8 +286,11 @@ impl Hub {
 
     /// Closes every stream and refuses new ones (shutdown).
     pub fn close_all(&self, reason: CloseReason) {
-        self.closing.store(true, Ordering::Release);
-        let all: Vec<Arc<Session>> = self.lock().values().flatten().cloned().collect();
+        let all: Vec<Arc<Session>> = {
+            let sessions = self.lock();
+            self.closing.store(true, Ordering::Release);
+            sessions.values().flatten().cloned().collect()
+        };
         all.iter().for_each(|s| s.close(reason));
     }
 

@@ -18,7 +18,7 @@ struct State {
     metrics: Arc<Metrics>,
 }
 
-/// The gRPC response stream of a session. `first` is sent before anything queued.
+/// The gRPC response stream of a session: queued events in order, then the close status.
 pub fn response_stream(
     handle: SessionHandle,
     outbox: mpsc::Receiver<Arc<ServerEvent>>,

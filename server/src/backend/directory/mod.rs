@@ -1,6 +1,6 @@
 //! Accounts, devices (login sessions), settings, friendships and groups.
 //!
-//! The contract every implementation keeps (checked by [`conformance`]):
+//! The contract every implementation keeps (checked by the `conformance` test suite):
 //! - Usernames are unique, compared as stored (the service lowercases them first).
 //! - Each refresh token (stored only as its SHA-256 hash) can be rotated once; presenting a
 //!   rotated-out token again revokes its device at once ([`RefreshOutcome::Reused`]).
@@ -176,8 +176,12 @@ pub trait Directory: Send + Sync + 'static {
     async fn remove_member(&self, id: GroupId, user: UserId) -> Result<GroupRecord>;
     async fn is_member(&self, id: GroupId, user: UserId) -> Result<bool>;
     async fn member_ids(&self, id: GroupId) -> Result<Vec<UserId>>;
+
+    /// Closes connections, waiting for running calls; called once at shutdown. Later calls
+    /// fail `Unavailable`.
+    async fn close(&self);
 }
 
-/// The behaviour every [`Directory`] must show; run by each implementation's tests.
+/// The behaviour every `Directory` must show; run by each implementation's tests.
 #[cfg(test)]
 pub mod conformance;

@@ -1,6 +1,6 @@
 //! The message log: per-conversation, append-only, ordered by a gapless `seq`.
 //!
-//! The contract every implementation keeps (checked by [`conformance`]):
+//! The contract every implementation keeps (checked by the `conformance` test suite):
 //! - `append` is durable when it returns: a crash right after loses nothing it returned.
 //! - `seq` is 1, 2, 3, ... per conversation in commit order, with no gap and no repeat, under
 //!   any number of concurrent appenders.

@@ -381,6 +381,10 @@ impl Directory for SqliteDirectory {
     async fn member_ids(&self, id: GroupId) -> Result<Vec<UserId>> {
         groups::member_ids(self, id).await
     }
+
+    async fn close(&self) {
+        SqliteDirectory::close(self).await;
+    }
 }
 
 #[cfg(test)]
