@@ -15,13 +15,16 @@ use daehwa::v1::{
 };
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::{Server, server::TcpIncoming};
+use tonic::{
+    service::Routes,
+    transport::{Server, server::TcpIncoming},
+};
 use tonic_health::ServingStatus;
 
 use crate::{
     api::{
-        ApiContext, auth::AuthApi, chat::ChatApi, discovery::DiscoveryApi, group::GroupApi,
-        presence::PresenceApi, user::UserApi,
+        ApiContext, auth::AuthApi, chat::ChatApi, discovery::DiscoveryApi,
+        gateway::GatewaySessions, group::GroupApi, presence::PresenceApi, user::UserApi,
     },
     auth::{Authenticator, TokenSigner, layer::AuthLayer},
     backend::{
@@ -37,7 +40,7 @@ use crate::{
         AccountService, ChatService, GroupService, PeopleService, PresenceService,
         chat::ChatLimits, rate_limit::RateLimiter,
     },
-    session::{CloseReason, Hub},
+    session::{CloseReason, Hub, live::LiveSessions},
     snowflake::{self, Snowflake},
 };
 
@@ -161,6 +164,13 @@ pub async fn run(
         metrics.clone(),
     ));
 
+    let live = Arc::new(LiveSessions::new(
+        chat.clone(),
+        presence.clone(),
+        hub.clone(),
+        config.server_id.clone(),
+        metrics.clone(),
+    ));
     let ctx = ApiContext {
         metrics: metrics.clone(),
     };
@@ -184,9 +194,19 @@ pub async fn run(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()?;
 
-    let router = Server::builder()
-        .layer(AuthLayer::new(auth.clone(), metrics.clone()))
-        .add_service(health_service)
+    let gateway_listener = match config.gateway_listen {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr} for the gateway"))?,
+        ),
+        None => None,
+    };
+    let websocket_url = match &gateway_listener {
+        Some(listener) => format!("ws://{}/v1/ws", listener.local_addr()?),
+        None => String::new(),
+    };
+    let routes = Routes::new(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(
@@ -212,10 +232,9 @@ pub async fn run(
         )
         .add_service(
             ChatServiceServer::new(ChatApi {
-                chat,
+                chat: chat.clone(),
                 presence: presence.clone(),
-                hub: hub.clone(),
-                server_id: config.server_id.clone(),
+                live: live.clone(),
                 ctx: ctx.clone(),
             })
             .max_decoding_message_size(max),
@@ -231,14 +250,33 @@ pub async fn run(
         .add_service(DiscoveryServiceServer::new(DiscoveryApi {
             server_id: config.server_id.clone(),
             grpc_endpoint,
-            websocket_url: String::new(),
+            websocket_url,
             hub: hub.clone(),
             ctx,
         }));
+    let auth_layer = AuthLayer::new(auth.clone(), metrics.clone());
+    let stop_accepting = CancellationToken::new();
+    if let Some(listener) = gateway_listener {
+        let port = Arc::new(GatewaySessions {
+            auth: auth.clone(),
+            live: live.clone(),
+            metrics: metrics.clone(),
+        });
+        let grpc = tower::Layer::layer(&auth_layer, routes.clone().prepare());
+        let router = daehwa_gateway::router(port, grpc, &gateway_config(&config));
+        let addr = listener.local_addr()?;
+        let stop = stop_accepting.clone();
+        tokio::spawn(async move {
+            if let Err(e) = daehwa_gateway::serve(listener, router, stop.cancelled_owned()).await {
+                tracing::error!(error = %e, "gateway stopped");
+            }
+        });
+        tracing::info!(%addr, "gateway listening");
+    }
+    let router = Server::builder().layer(auth_layer).add_routes(routes);
 
     tracing::info!(addr = %bound, server_id = %config.server_id, data_dir = %config.data_dir.display(), "chatd serving");
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-    let stop_accepting = CancellationToken::new();
     let serve =
         router.serve_with_incoming_shutdown(incoming, stop_accepting.clone().cancelled_owned());
     tokio::pin!(serve);
@@ -268,4 +306,13 @@ pub async fn run(
         .map_err(|e| anyhow::anyhow!("closing message store: {e}"))?;
     tracing::info!("chatd stopped");
     Ok(())
+}
+
+/// The embedded gateway's settings.
+fn gateway_config(config: &Config) -> daehwa_gateway::GatewayConfig {
+    daehwa_gateway::GatewayConfig {
+        allowed_origins: config.gateway_allowed_origins.clone(),
+        max_frame_bytes: config.max_request_bytes(),
+        ..daehwa_gateway::GatewayConfig::default()
+    }
 }

@@ -18,6 +18,10 @@ pub struct Config {
     pub listen: SocketAddr,
     /// Where SQLite, the message log and the signing key live.
     pub data_dir: PathBuf,
+    /// The embedded gateway (WebSocket `/v1/ws`, gRPC-web) listen address; off when unset.
+    pub gateway_listen: Option<SocketAddr>,
+    /// Origins allowed to use gRPC-web cross-origin (`*`: any); empty: same origin only.
+    pub gateway_allowed_origins: Vec<String>,
     /// Prometheus `/metrics` listen address; off when unset.
     pub metrics_listen: Option<SocketAddr>,
     /// This server's name in Discovery and logs.
@@ -70,6 +74,8 @@ impl Default for Config {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
             data_dir: PathBuf::from("data"),
+            gateway_listen: Some(SocketAddr::from(([127, 0, 0, 1], 8080))),
+            gateway_allowed_origins: Vec::new(),
             metrics_listen: None,
             server_id: "chatd-1".to_owned(),
             advertise: None,
@@ -121,6 +127,7 @@ impl Config {
     pub fn for_tests(data_dir: impl Into<PathBuf>) -> Self {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            gateway_listen: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
             data_dir: data_dir.into(),
             send_rate: 10_000.0,
             send_burst: 10_000,
@@ -203,6 +210,15 @@ pub struct Flags {
     pub listen: Option<SocketAddr>,
     #[arg(long, env = "DAEHWA_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
+    /// Where the embedded gateway listens (default 127.0.0.1:8080).
+    #[arg(long, env = "DAEHWA_GATEWAY_LISTEN")]
+    pub gateway_listen: Option<SocketAddr>,
+    /// Run without the embedded gateway.
+    #[arg(long, env = "DAEHWA_NO_GATEWAY")]
+    pub no_gateway: bool,
+    /// Comma-separated origins allowed to use gRPC-web cross-origin (`*`: any).
+    #[arg(long, env = "DAEHWA_GATEWAY_ALLOWED_ORIGINS", value_delimiter = ',')]
+    pub gateway_allowed_origins: Option<Vec<String>>,
     #[arg(long, env = "DAEHWA_METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,
     #[arg(long, env = "DAEHWA_SERVER_ID")]
@@ -276,8 +292,14 @@ impl Flags {
             metrics_listen,
             advertise,
             signing_key_file,
-            push_webhook_url
+            push_webhook_url,
+            gateway_listen
         );
+        set!(gateway_allowed_origins);
+        // --no-gateway wins over any listen address from the file or the environment.
+        if self.no_gateway {
+            c.gateway_listen = None;
+        }
     }
 }
 

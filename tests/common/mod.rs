@@ -452,7 +452,13 @@ impl Chatd {
     /// Starts `chatd --listen 127.0.0.1:0 --data-dir DIR ARGS...` and waits until it serves.
     pub async fn spawn(data_dir: &Path, args: &[&str]) -> Self {
         let mut child = tokio::process::Command::new(workspace_binary("chatd"))
-            .args(["--listen", "127.0.0.1:0", "--data-dir"])
+            .args([
+                "--listen",
+                "127.0.0.1:0",
+                "--gateway-listen",
+                "127.0.0.1:0",
+                "--data-dir",
+            ])
             .arg(data_dir)
             .args(args)
             .env("RUST_LOG", "info")

@@ -1,128 +1,25 @@
-//! `chat.v1.ChatService`: the live streams (Connect, Subscribe) and the unary calls.
-//!
-//! A Connect stream registers the device in the hub, queues `ready`, then runs one task that
-//! reads client events in order: each `send` is persisted before its `send_result` is queued,
-//! so results arrive in the order the sends were made.
+//! `chat.v1.ChatService`: the live streams (Connect, Subscribe, run by
+//! [`LiveSessions`]) and the unary calls.
 
-use std::{pin::Pin, sync::Arc};
+use std::sync::Arc;
 
-use daehwa::v1::{
-    self, ClientEvent, ErrorStatus, HeartbeatAck, SendResult, ServerEvent, SessionReady,
-    chat_service_server::ChatService as ChatRpc, client_event, send_result::Outcome,
-    server_event::Event,
-};
-use futures::Stream;
+use daehwa::v1::{self, ClientEvent, chat_service_server::ChatService as ChatRpc};
 use tonic::{Request, Response, Status, Streaming};
 
 use super::{ApiContext, reply, status};
-use crate::error::Error;
 use crate::{
-    auth::{AuthContext, layer::caller},
+    auth::layer::caller,
+    error::Error,
     service::{ChatService, PresenceService},
-    session::{CloseReason, Hub, hub::Session, outbound::response_stream},
+    session::live::{EventStream, LiveSessions},
 };
-
-/// The stream type of Connect and Subscribe.
-pub type EventStream = Pin<Box<dyn Stream<Item = Result<ServerEvent, Status>> + Send>>;
 
 /// Adapter for [`ChatService`] and the live sessions.
 pub struct ChatApi {
     pub chat: Arc<ChatService>,
     pub presence: Arc<PresenceService>,
-    pub hub: Arc<Hub>,
-    pub server_id: String,
+    pub live: Arc<LiveSessions>,
     pub ctx: ApiContext,
-}
-
-impl ChatApi {
-    /// Registers a session and returns its response stream, with `ready` queued first.
-    fn open_session(&self, me: AuthContext) -> Result<(Arc<Session>, EventStream), Status> {
-        let (handle, outbox) = self
-            .hub
-            .register(me.user, me.device)
-            .map_err(|e| status(&self.ctx.metrics, e))?;
-        let session = handle.session().clone();
-        session.offer(Arc::new(ServerEvent {
-            event: Some(Event::Ready(SessionReady {
-                user_id: me.user.0,
-                device_id: me.device.0,
-                server_id: self.server_id.clone(),
-            })),
-        }));
-        Ok((
-            session,
-            Box::pin(response_stream(handle, outbox, self.ctx.metrics.clone())),
-        ))
-    }
-}
-
-/// Reads a Connect stream's client events until the client stops or the session closes.
-async fn serve_inbound(
-    me: AuthContext,
-    session: Arc<Session>,
-    mut inbound: Streaming<ClientEvent>,
-    chat: Arc<ChatService>,
-    presence: Arc<PresenceService>,
-) {
-    loop {
-        let next = tokio::select! {
-            () = session.closed() => return,
-            next = inbound.message() => next,
-        };
-        let event = match next {
-            Ok(Some(ClientEvent { event: Some(event) })) => event,
-            Ok(Some(ClientEvent { event: None })) => continue,
-            Ok(None) => return,
-            Err(e) => {
-                tracing::debug!(user_id = %me.user, error = %e, "client stream ended with an error");
-                match e.code() {
-                    tonic::Code::Cancelled => {}
-                    tonic::Code::OutOfRange | tonic::Code::ResourceExhausted => {
-                        session.close(CloseReason::TooLarge)
-                    }
-                    _ => session.close(CloseReason::Invalid),
-                }
-                return;
-            }
-        };
-        presence.touch(me.user);
-        match event {
-            client_event::Event::Send(send) => {
-                let outcome = match chat
-                    .send(me, &send.client_msg_id, &send.conversation_id, send.content)
-                    .await
-                {
-                    Ok(message) => Outcome::Message(message),
-                    Err(e) => Outcome::Error(ErrorStatus {
-                        code: e.code() as i32,
-                        message: e.public_message(),
-                    }),
-                };
-                let result = SendResult {
-                    client_msg_id: send.client_msg_id,
-                    outcome: Some(outcome),
-                };
-                session.offer(Arc::new(ServerEvent {
-                    event: Some(Event::SendResult(result)),
-                }));
-            }
-            client_event::Event::Read(read) => {
-                if let Err(e) = chat.mark_read(me, &read.conversation_id, read.seq).await {
-                    tracing::debug!(user_id = %me.user, error = %e, "read event refused");
-                }
-            }
-            client_event::Event::Typing(typing) => {
-                if let Err(e) = chat.typing(me, &typing.conversation_id).await {
-                    tracing::debug!(user_id = %me.user, error = %e, "typing event refused");
-                }
-            }
-            client_event::Event::Heartbeat(_) => {
-                session.offer(Arc::new(ServerEvent {
-                    event: Some(Event::HeartbeatAck(HeartbeatAck {})),
-                }));
-            }
-        }
-    }
 }
 
 #[tonic::async_trait]
@@ -135,14 +32,10 @@ impl ChatRpc for ChatApi {
         request: Request<Streaming<ClientEvent>>,
     ) -> Result<Response<EventStream>, Status> {
         let me = caller(&request)?;
-        let (session, stream) = self.open_session(me)?;
-        tokio::spawn(serve_inbound(
-            me,
-            session,
-            request.into_inner(),
-            self.chat.clone(),
-            self.presence.clone(),
-        ));
+        let stream = self
+            .live
+            .connect(me, request.into_inner())
+            .map_err(|e| status(&self.ctx.metrics, e))?;
         Ok(Response::new(stream))
     }
 
@@ -151,7 +44,10 @@ impl ChatRpc for ChatApi {
         request: Request<v1::SubscribeRequest>,
     ) -> Result<Response<EventStream>, Status> {
         let me = caller(&request)?;
-        let (_, stream) = self.open_session(me)?;
+        let stream = self
+            .live
+            .subscribe(me)
+            .map_err(|e| status(&self.ctx.metrics, e))?;
         Ok(Response::new(stream))
     }
 

@@ -5,6 +5,7 @@ pub mod auth;
 pub mod chat;
 pub mod convert;
 pub mod discovery;
+pub mod gateway;
 pub mod group;
 pub mod presence;
 pub mod user;

@@ -12,6 +12,7 @@
 pub mod directory;
 pub mod embedded;
 pub mod message_store;
+pub mod postgres;
 pub mod push;
 pub mod sqlite;
 pub mod webhook;

@@ -2,10 +2,13 @@
 //!
 //! - [`hub`]: which devices of which users are connected here, each with a bounded outbox;
 //!   fan-out copies the recipient list under a short lock and never waits on a peer.
+//! - [`live`]: the session of one device on any transport: `ready`, then client events
+//!   handled in order.
 //! - [`outbound`]: turns an outbox into the gRPC response stream and ends it with a status
 //!   when the session is closed (too slow, logged out, server shutting down).
 
 pub mod hub;
+pub mod live;
 pub mod outbound;
 
 pub use hub::{CloseReason, Hub, SessionHandle};

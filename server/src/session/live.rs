@@ -1,0 +1,162 @@
+//! The live session of one device, whatever carries it (a gRPC Connect or Subscribe stream,
+//! or a gateway WebSocket): register in the hub, queue `ready`, then read client events in
+//! order. Each `send` is persisted before its `send_result` is queued, so results arrive in
+//! the order the sends were made.
+
+use std::{pin::Pin, sync::Arc};
+
+use daehwa::v1::{
+    ClientEvent, ErrorStatus, HeartbeatAck, SendResult, ServerEvent, SessionReady, client_event,
+    send_result::Outcome, server_event::Event,
+};
+use futures::{Stream, StreamExt};
+use tonic::Status;
+
+use crate::{
+    auth::AuthContext,
+    error::Result,
+    metrics::Metrics,
+    service::{ChatService, PresenceService},
+    session::{CloseReason, Hub, hub::Session, outbound::response_stream},
+};
+
+/// The server-to-client half of a live session.
+pub type EventStream = Pin<Box<dyn Stream<Item = std::result::Result<ServerEvent, Status>> + Send>>;
+
+/// Opens live sessions on this server.
+pub struct LiveSessions {
+    chat: Arc<ChatService>,
+    presence: Arc<PresenceService>,
+    hub: Arc<Hub>,
+    server_id: String,
+    metrics: Arc<Metrics>,
+}
+
+impl LiveSessions {
+    /// Live sessions delivering through `hub` and handling events with `chat`.
+    pub fn new(
+        chat: Arc<ChatService>,
+        presence: Arc<PresenceService>,
+        hub: Arc<Hub>,
+        server_id: String,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Self {
+            chat,
+            presence,
+            hub,
+            server_id,
+            metrics,
+        }
+    }
+
+    /// A receive-only session (Subscribe).
+    pub fn subscribe(&self, me: AuthContext) -> Result<EventStream> {
+        self.open(me).map(|(_, stream)| stream)
+    }
+
+    /// A two-way session: `inbound` client events are handled in order by a task that ends
+    /// when the client stops sending or the session closes.
+    pub fn connect<S>(&self, me: AuthContext, inbound: S) -> Result<EventStream>
+    where
+        S: Stream<Item = std::result::Result<ClientEvent, Status>> + Send + Unpin + 'static,
+    {
+        let (session, stream) = self.open(me)?;
+        tokio::spawn(serve_inbound(
+            me,
+            session,
+            inbound,
+            self.chat.clone(),
+            self.presence.clone(),
+        ));
+        Ok(stream)
+    }
+
+    /// Registers a session and returns its response stream, with `ready` queued first.
+    fn open(&self, me: AuthContext) -> Result<(Arc<Session>, EventStream)> {
+        let (handle, outbox) = self.hub.register(me.user, me.device)?;
+        let session = handle.session().clone();
+        session.offer(Arc::new(ServerEvent {
+            event: Some(Event::Ready(SessionReady {
+                user_id: me.user.0,
+                device_id: me.device.0,
+                server_id: self.server_id.clone(),
+            })),
+        }));
+        Ok((
+            session,
+            Box::pin(response_stream(handle, outbox, self.metrics.clone())),
+        ))
+    }
+}
+
+/// Reads client events until the client stops or the session closes.
+async fn serve_inbound<S>(
+    me: AuthContext,
+    session: Arc<Session>,
+    mut inbound: S,
+    chat: Arc<ChatService>,
+    presence: Arc<PresenceService>,
+) where
+    S: Stream<Item = std::result::Result<ClientEvent, Status>> + Send + Unpin,
+{
+    loop {
+        let next = tokio::select! {
+            () = session.closed() => return,
+            next = inbound.next() => next,
+        };
+        let event = match next {
+            Some(Ok(ClientEvent { event: Some(event) })) => event,
+            Some(Ok(ClientEvent { event: None })) => continue,
+            None => return,
+            Some(Err(e)) => {
+                tracing::debug!(user_id = %me.user, error = %e, "client stream ended with an error");
+                match e.code() {
+                    tonic::Code::Cancelled => {}
+                    tonic::Code::OutOfRange | tonic::Code::ResourceExhausted => {
+                        session.close(CloseReason::TooLarge)
+                    }
+                    _ => session.close(CloseReason::Invalid),
+                }
+                return;
+            }
+        };
+        presence.touch(me.user);
+        match event {
+            client_event::Event::Send(send) => {
+                let outcome = match chat
+                    .send(me, &send.client_msg_id, &send.conversation_id, send.content)
+                    .await
+                {
+                    Ok(message) => Outcome::Message(message),
+                    Err(e) => Outcome::Error(ErrorStatus {
+                        code: e.code() as i32,
+                        message: e.public_message(),
+                    }),
+                };
+                let result = SendResult {
+                    client_msg_id: send.client_msg_id,
+                    outcome: Some(outcome),
+                };
+                session.offer(Arc::new(ServerEvent {
+                    event: Some(Event::SendResult(result)),
+                }));
+            }
+            client_event::Event::Read(read) => {
+                if let Err(e) = chat.mark_read(me, &read.conversation_id, read.seq).await {
+                    tracing::debug!(user_id = %me.user, error = %e, "read event refused");
+                }
+            }
+            client_event::Event::Typing(typing) => {
+                if let Err(e) = chat.typing(me, &typing.conversation_id).await {
+                    tracing::debug!(user_id = %me.user, error = %e, "typing event refused");
+                }
+            }
+            client_event::Event::Heartbeat(_) => {
+                session.offer(Arc::new(ServerEvent {
+                    event: Some(Event::HeartbeatAck(HeartbeatAck {})),
+                }));
+            }
+        }
+    }
+}
