@@ -28,13 +28,14 @@ use crate::{
     },
     auth::{Authenticator, TokenSigner, layer::AuthLayer},
     backend::{
-        Backends, Push,
+        Backends, Directory, MessageStore, Push,
         embedded::EmbeddedStore,
+        postgres::{PostgresDirectory, PostgresMessageStore},
         push::NoPush,
         sqlite::SqliteDirectory,
         webhook::{WebhookConfig, WebhookPush},
     },
-    config::Config,
+    config::{Config, DirectoryBackend, StoreBackend},
     metrics::{self, Metrics},
     service::{
         AccountService, ChatService, GroupService, PeopleService, PresenceService,
@@ -58,11 +59,29 @@ const SERVICE_NAMES: &[&str] = &[
 pub async fn open_backends(config: &Config) -> anyhow::Result<Backends> {
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("cannot create data dir {}", config.data_dir.display()))?;
-    let directory = SqliteDirectory::open(&config.data_dir.join("directory.sqlite3"))
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot open directory: {e}"))?;
-    let messages = EmbeddedStore::open(&config.data_dir.join("messages.redb"))
-        .map_err(|e| anyhow::anyhow!("cannot open message store: {e}"))?;
+    let directory: Arc<dyn Directory> = match config.directory_backend()? {
+        DirectoryBackend::Sqlite(path) => Arc::new(
+            SqliteDirectory::open(&path)
+                .await
+                .map_err(|e| anyhow::anyhow!("cannot open directory: {e}"))?,
+        ),
+        DirectoryBackend::Postgres(url) => Arc::new(
+            PostgresDirectory::connect(&url)
+                .await
+                .map_err(|e| anyhow::anyhow!("cannot open directory: {e}"))?,
+        ),
+    };
+    let messages: Arc<dyn MessageStore> = match config.store_backend()? {
+        StoreBackend::Embedded(path) => Arc::new(
+            EmbeddedStore::open(&path)
+                .map_err(|e| anyhow::anyhow!("cannot open message store: {e}"))?,
+        ),
+        StoreBackend::Postgres(url) => Arc::new(
+            PostgresMessageStore::connect(&url)
+                .await
+                .map_err(|e| anyhow::anyhow!("cannot open message store: {e}"))?,
+        ),
+    };
     let push: Arc<dyn Push> = match &config.push_webhook_url {
         Some(url) => {
             let webhook = WebhookConfig {
@@ -77,8 +96,8 @@ pub async fn open_backends(config: &Config) -> anyhow::Result<Backends> {
         None => Arc::new(NoPush),
     };
     Ok(Backends {
-        directory: Arc::new(directory),
-        messages: Arc::new(messages),
+        directory,
+        messages,
         push,
     })
 }

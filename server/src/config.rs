@@ -18,6 +18,11 @@ pub struct Config {
     pub listen: SocketAddr,
     /// Where SQLite, the message log and the signing key live.
     pub data_dir: PathBuf,
+    /// Accounts, friends and groups: `sqlite://` (in the data dir), `sqlite://PATH`, or
+    /// `postgres://USER@HOST:PORT/DB`.
+    pub directory: String,
+    /// Message history: `embedded` (redb in the data dir) or `postgres://USER@HOST:PORT/DB`.
+    pub store: String,
     /// The embedded gateway (WebSocket `/v1/ws`, gRPC-web) listen address; off when unset.
     pub gateway_listen: Option<SocketAddr>,
     /// Origins allowed to use gRPC-web cross-origin (`*`: any); empty: same origin only.
@@ -74,6 +79,8 @@ impl Default for Config {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
             data_dir: PathBuf::from("data"),
+            directory: "sqlite://".to_owned(),
+            store: "embedded".to_owned(),
             gateway_listen: Some(SocketAddr::from(([127, 0, 0, 1], 8080))),
             gateway_allowed_origins: Vec::new(),
             metrics_listen: None,
@@ -184,6 +191,8 @@ impl Config {
             "outbox_capacity must be at least 16",
         )?;
         check(self.max_page_size >= 1, "max_page_size must be at least 1")?;
+        self.directory_backend()?;
+        self.store_backend()?;
         if let Some(url) = &self.push_webhook_url {
             check(
                 url.starts_with("http://"),
@@ -193,10 +202,70 @@ impl Config {
         Ok(())
     }
 
+    /// Where the directory lives, parsed from `directory`.
+    pub fn directory_backend(&self) -> anyhow::Result<DirectoryBackend> {
+        let url = self.directory.trim();
+        if let Some(path) = url.strip_prefix("sqlite://") {
+            let path = if path.is_empty() {
+                self.data_dir.join("directory.sqlite3")
+            } else {
+                PathBuf::from(path)
+            };
+            return Ok(DirectoryBackend::Sqlite(path));
+        }
+        if is_postgres(url) {
+            return Ok(DirectoryBackend::Postgres(url.to_owned()));
+        }
+        Err(anyhow::anyhow!(
+            "invalid configuration: directory {url:?}: expected sqlite://[PATH] or postgres://..."
+        ))
+    }
+
+    /// Where messages live, parsed from `store`.
+    pub fn store_backend(&self) -> anyhow::Result<StoreBackend> {
+        let url = self.store.trim();
+        if url == "embedded" {
+            return Ok(StoreBackend::Embedded(self.data_dir.join("messages.redb")));
+        }
+        if is_postgres(url) {
+            return Ok(StoreBackend::Postgres(url.to_owned()));
+        }
+        if url.starts_with("tikv://") {
+            return Err(anyhow::anyhow!(
+                "invalid configuration: store {url:?}: TiKV is not built in yet; use embedded or postgres://..."
+            ));
+        }
+        Err(anyhow::anyhow!(
+            "invalid configuration: store {url:?}: expected embedded or postgres://..."
+        ))
+    }
+
     /// The largest encoded gRPC request the server accepts: content plus envelope.
     pub fn max_request_bytes(&self) -> usize {
         self.max_content_bytes + 64 * 1024
     }
+}
+
+/// The directory backend chosen by configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DirectoryBackend {
+    /// An SQLite file.
+    Sqlite(PathBuf),
+    /// A PostgreSQL database URL.
+    Postgres(String),
+}
+
+/// The message store chosen by configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreBackend {
+    /// A redb file.
+    Embedded(PathBuf),
+    /// A PostgreSQL database URL.
+    Postgres(String),
+}
+
+fn is_postgres(url: &str) -> bool {
+    url.starts_with("postgres://") || url.starts_with("postgresql://")
 }
 
 /// Command-line flags of `chatd`; each also reads `DAEHWA_<NAME>`.
@@ -210,6 +279,12 @@ pub struct Flags {
     pub listen: Option<SocketAddr>,
     #[arg(long, env = "DAEHWA_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
+    /// sqlite:// (default), sqlite://PATH or postgres://...
+    #[arg(long, env = "DAEHWA_DIRECTORY")]
+    pub directory: Option<String>,
+    /// embedded (default) or postgres://...
+    #[arg(long, env = "DAEHWA_STORE")]
+    pub store: Option<String>,
     /// Where the embedded gateway listens (default 127.0.0.1:8080).
     #[arg(long, env = "DAEHWA_GATEWAY_LISTEN")]
     pub gateway_listen: Option<SocketAddr>,
@@ -272,6 +347,8 @@ impl Flags {
         set!(
             listen,
             data_dir,
+            directory,
+            store,
             server_id,
             worker_id,
             offline_after,

@@ -10,6 +10,8 @@
 
 #![allow(dead_code)]
 
+pub mod durability;
+
 use std::{
     future::Future,
     path::{Path, PathBuf},

@@ -52,9 +52,10 @@
 mod directory;
 mod messages;
 
-/// A private PostgreSQL server for tests, reusable by any test of the crate.
-#[cfg(test)]
-pub(crate) mod test_server;
+/// A private PostgreSQL server for tests, reusable by any test of the workspace (feature
+/// `test-support`).
+#[cfg(any(test, feature = "test-support"))]
+pub mod test_server;
 #[cfg(test)]
 mod tests;
 
