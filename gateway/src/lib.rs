@@ -3,6 +3,7 @@
 //! Browsers cannot speak HTTP/2 gRPC. The gateway serves, on one HTTP/1.1 + HTTP/2 port:
 //! - `GET /v1/ws`: a WebSocket carrying the same `ClientEvent`/`ServerEvent` frames as
 //!   `ChatService.Connect` ([`websocket`]), protobuf binary or protobuf-JSON;
+//! - `POST /v1/poll`: long polling, the last fallback ([`poll`]);
 //! - everything else: the gRPC services, reachable with gRPC-web ([`grpc_web`]) from browsers
 //!   and with plain gRPC from anything else.
 //!
@@ -12,10 +13,16 @@
 //! ## Layout
 //! - [`port`]: how the gateway opens a live session.
 //! - [`websocket`]: the `/v1/ws` endpoint: upgrade, authentication, frames, close codes.
+//! - [`poll`]: the `/v1/poll` long-polling endpoint.
+//! - [`json`]: the proto3 JSON mapping of chat.v1 messages.
 //! - [`grpc_web`]: gRPC-web translation and CORS in front of tonic routes.
+//! - [`remote`]: the standalone gateway's port and proxy to an upstream chat server.
 
 pub mod grpc_web;
+pub mod json;
+pub mod poll;
 pub mod port;
+pub mod remote;
 pub mod websocket;
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
@@ -34,6 +41,8 @@ pub struct GatewayConfig {
     pub ping_interval: Duration,
     /// How long a client may wait before authenticating (first frame) or answering pings.
     pub idle_timeout: Duration,
+    /// The longest a long poll waits for new messages.
+    pub poll_wait: Duration,
 }
 
 impl Default for GatewayConfig {
@@ -43,6 +52,7 @@ impl Default for GatewayConfig {
             max_frame_bytes: 128 * 1024,
             ping_interval: Duration::from_secs(20),
             idle_timeout: Duration::from_secs(60),
+            poll_wait: Duration::from_secs(25),
         }
     }
 }
@@ -61,9 +71,18 @@ where
         + 'static,
     S::Future: Send + 'static,
 {
-    axum::Router::new()
+    let ws = axum::Router::new()
         .route("/v1/ws", axum::routing::get(websocket::upgrade))
-        .with_state(websocket::WsState::new(port, config))
+        .with_state(websocket::WsState::new(port.clone(), config));
+    let poll = axum::Router::new()
+        .route("/v1/poll", axum::routing::post(poll::poll))
+        .with_state(poll::PollState {
+            port,
+            max_wait: config.poll_wait,
+        });
+    axum::Router::new()
+        .merge(ws)
+        .merge(poll)
         .fallback_service(grpc_web::service(grpc, &config.allowed_origins))
 }
 

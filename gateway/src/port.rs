@@ -3,7 +3,7 @@
 
 use std::pin::Pin;
 
-use daehwa::v1::{ClientEvent, ServerEvent};
+use daehwa::v1::{ClientEvent, ServerEvent, SyncMessagesRequest, SyncMessagesResponse};
 use futures::Stream;
 use tokio::sync::mpsc;
 use tonic::Status;
@@ -25,4 +25,11 @@ pub trait SessionPort: Send + Sync + 'static {
     /// Opens a session for the holder of `access_token` (without the `Bearer ` prefix).
     /// `UNAUTHENTICATED` for a bad token; `RESOURCE_EXHAUSTED` over the stream limit.
     async fn open(&self, access_token: &str) -> Result<LiveSession, Status>;
+
+    /// `ChatService.SyncMessages` for the holder of `access_token` (long polling).
+    async fn sync(
+        &self,
+        access_token: &str,
+        request: SyncMessagesRequest,
+    ) -> Result<SyncMessagesResponse, Status>;
 }

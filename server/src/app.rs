@@ -278,6 +278,7 @@ pub async fn run(
     if let Some(listener) = gateway_listener {
         let port = Arc::new(GatewaySessions {
             auth: auth.clone(),
+            chat: chat.clone(),
             live: live.clone(),
             metrics: metrics.clone(),
         });

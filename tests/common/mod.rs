@@ -11,6 +11,7 @@
 #![allow(dead_code)]
 
 pub mod durability;
+pub mod ws;
 
 use std::{
     future::Future,

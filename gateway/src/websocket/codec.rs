@@ -4,31 +4,16 @@
 //! - `daehwa.v1.json`: one text frame = one event in the proto3 JSON mapping (field names in
 //!   lowerCamelCase on output; either spelling accepted on input; 64-bit ids as strings).
 
-use std::sync::LazyLock;
-
 use axum::extract::ws::Message;
 use daehwa::v1::{ClientEvent, ServerEvent};
 use prost::Message as _;
-use prost_reflect::{DescriptorPool, DynamicMessage, MessageDescriptor};
+
+use crate::json;
 
 /// Subprotocol for protobuf binary frames.
 pub const PROTO_SUBPROTOCOL: &str = "daehwa.v1.proto";
 /// Subprotocol for protobuf-JSON text frames.
 pub const JSON_SUBPROTOCOL: &str = "daehwa.v1.json";
-
-struct Descriptors {
-    client_event: MessageDescriptor,
-    server_event: MessageDescriptor,
-}
-
-/// The chat.v1 descriptors, decoded once; `None` only if the embedded set is corrupt.
-static DESCRIPTORS: LazyLock<Option<Descriptors>> = LazyLock::new(|| {
-    let pool = DescriptorPool::decode(daehwa::FILE_DESCRIPTOR_SET).ok()?;
-    Some(Descriptors {
-        client_event: pool.get_message_by_name("chat.v1.ClientEvent")?,
-        server_event: pool.get_message_by_name("chat.v1.ServerEvent")?,
-    })
-});
 
 /// Why a frame could not be decoded.
 #[derive(Debug)]
@@ -60,43 +45,20 @@ impl Codec {
         match (self, frame) {
             (Self::Proto, Message::Binary(bytes)) => ClientEvent::decode(bytes.as_ref())
                 .map_err(|e| DecodeError::Invalid(format!("not a chat.v1.ClientEvent: {e}"))),
-            (Self::Json, Message::Text(text)) => decode_json(text.as_str()),
+            (Self::Json, Message::Text(text)) => {
+                json::from_json("chat.v1.ClientEvent", text.as_str()).map_err(DecodeError::Invalid)
+            }
             _ => Err(DecodeError::WrongFrameType),
         }
     }
 
     /// Encodes a server event as a frame.
     pub fn encode(self, event: &ServerEvent) -> Message {
-        let bytes = event.encode_to_vec();
         match self {
-            Self::Proto => Message::Binary(bytes.into()),
-            Self::Json => Message::Text(encode_json(&bytes).into()),
+            Self::Proto => Message::Binary(event.encode_to_vec().into()),
+            Self::Json => Message::Text(json::to_json("chat.v1.ServerEvent", event).into()),
         }
     }
-}
-
-fn decode_json(text: &str) -> Result<ClientEvent, DecodeError> {
-    let descriptors = DESCRIPTORS
-        .as_ref()
-        .ok_or_else(|| DecodeError::Invalid("descriptors unavailable".into()))?;
-    let mut deserializer = serde_json::Deserializer::from_str(text);
-    let dynamic = DynamicMessage::deserialize(descriptors.client_event.clone(), &mut deserializer)
-        .map_err(|e| DecodeError::Invalid(format!("not a chat.v1.ClientEvent in JSON: {e}")))?;
-    deserializer
-        .end()
-        .map_err(|e| DecodeError::Invalid(format!("trailing data after the event: {e}")))?;
-    ClientEvent::decode(dynamic.encode_to_vec().as_slice())
-        .map_err(|e| DecodeError::Invalid(format!("not a chat.v1.ClientEvent: {e}")))
-}
-
-fn encode_json(bytes: &[u8]) -> String {
-    let Some(descriptors) = DESCRIPTORS.as_ref() else {
-        return "{}".to_owned();
-    };
-    DynamicMessage::decode(descriptors.server_event.clone(), bytes)
-        .ok()
-        .and_then(|dynamic| serde_json::to_string(&dynamic).ok())
-        .unwrap_or_else(|| "{}".to_owned())
 }
 
 #[cfg(test)]

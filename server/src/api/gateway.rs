@@ -9,7 +9,11 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
 
-use crate::{auth::Authenticator, metrics::Metrics, session::live::LiveSessions};
+use daehwa::v1::{SyncMessagesRequest, SyncMessagesResponse};
+
+use crate::{
+    auth::Authenticator, metrics::Metrics, service::ChatService, session::live::LiveSessions,
+};
 
 /// Client events buffered per WebSocket before the socket reader waits.
 const CLIENT_EVENT_QUEUE: usize = 64;
@@ -17,6 +21,7 @@ const CLIENT_EVENT_QUEUE: usize = 64;
 /// Opens gateway sessions on this server's live sessions.
 pub struct GatewaySessions {
     pub auth: Arc<Authenticator>,
+    pub chat: Arc<ChatService>,
     pub live: Arc<LiveSessions>,
     pub metrics: Arc<Metrics>,
 }
@@ -42,5 +47,32 @@ impl SessionPort for GatewaySessions {
             events,
             client_events,
         })
+    }
+
+    async fn sync(
+        &self,
+        access_token: &str,
+        request: SyncMessagesRequest,
+    ) -> Result<SyncMessagesResponse, Status> {
+        let count = |e: crate::error::Error| {
+            self.metrics.count_error(e.code());
+            e.into_status()
+        };
+        let me = self
+            .auth
+            .authenticate(Some(&format!("Bearer {access_token}")))
+            .await
+            .map_err(count)?;
+        let cursors: Vec<(String, u64)> = request
+            .cursors
+            .into_iter()
+            .map(|c| (c.conversation_id, c.after_seq))
+            .collect();
+        let (messages, has_more) = self
+            .chat
+            .sync(me.user, &cursors, request.limit)
+            .await
+            .map_err(count)?;
+        Ok(SyncMessagesResponse { messages, has_more })
     }
 }

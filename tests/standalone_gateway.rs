@@ -1,0 +1,141 @@
+//! The standalone `chat-gateway` binary in front of a chat server: WebSocket, gRPC-web and
+//! long polling reach the upstream; when the chat server dies, sockets are told (1012), and
+//! after it is back, clients reconnect through the gateway and lose nothing acknowledged.
+
+mod common;
+
+use std::process::Stdio;
+
+use common::{
+    TestServer, TestUser, WAIT, befriend, text_of,
+    ws::{close_code, decode, next_frame, open_url},
+};
+use daehwa::v1::{self, server_event::Event};
+use tokio::io::AsyncBufReadExt;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+
+/// A running `chat-gateway`, killed on drop.
+struct Gateway {
+    _child: tokio::process::Child,
+    addr: std::net::SocketAddr,
+}
+
+impl Gateway {
+    async fn spawn(upstream: &str) -> Self {
+        let mut child = tokio::process::Command::new(common::workspace_binary("chat-gateway"))
+            .args(["--listen", "127.0.0.1:0", "--upstream", upstream])
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn chat-gateway");
+        let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+        let addr = tokio::time::timeout(WAIT, async {
+            while let Ok(Some(line)) = lines.next_line().await {
+                if let Some(start) = line
+                    .find("addr=")
+                    .filter(|_| line.contains("chat-gateway listening"))
+                {
+                    return line[start + 5..]
+                        .split_whitespace()
+                        .next()
+                        .unwrap()
+                        .parse()
+                        .unwrap();
+                }
+            }
+            panic!("chat-gateway exited before listening");
+        })
+        .await
+        .expect("chat-gateway listens in time");
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        Self {
+            _child: child,
+            addr,
+        }
+    }
+
+    fn ws(&self, user: &TestUser) -> String {
+        format!(
+            "ws://{}/v1/ws?access_token={}",
+            self.addr, user.access_token
+        )
+    }
+}
+
+#[tokio::test]
+async fn a_standalone_gateway_serves_sessions_and_survives_its_chat_server_restarting() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = daehwa_server::Config::for_tests(dir.path());
+    let server = TestServer::start_in(config.clone()).await;
+    let gateway = Gateway::spawn(&server.url()).await;
+    let alice = server.user("alice").await;
+    let bob = server.user("bob").await;
+    befriend(&alice, &bob).await;
+    let dm = alice.dm_with(&bob);
+
+    // A WebSocket through the gateway gets live messages sent to the chat server.
+    let mut socket = open_url(&gateway.ws(&bob), "daehwa.v1.proto").await;
+    let Event::Ready(ready) = decode(next_frame(&mut socket).await) else {
+        panic!("ready first")
+    };
+    assert_eq!(ready.user_id, bob.user_id);
+    let first = alice.send_text(&dm, "through the gateway").await;
+    let Event::Message(got) = decode(next_frame(&mut socket).await) else {
+        panic!("message")
+    };
+    assert_eq!(got.message_id, first.message_id);
+
+    // The chat server goes away: the socket is told to reconnect.
+    let addr = server.addr;
+    server.stop().await.unwrap();
+    assert_eq!(close_code(&mut socket).await, CloseCode::Restart);
+
+    // Back on the same address and data; alice sends while bob is not connected.
+    let server = TestServer::start_in(daehwa_server::Config {
+        listen: addr,
+        ..config
+    })
+    .await;
+    let alice = TestUser::log_in(&server.url(), &alice.username, &alice.password).await;
+    let bob = TestUser::log_in(&server.url(), &bob.username, &bob.password).await;
+    let second = alice.send_text(&dm, "while bob was away").await;
+    let mut socket = common::eventually("bob to reconnect through the gateway", || {
+        let url = gateway.ws(&bob);
+        async move {
+            let request =
+                tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(url)
+                    .ok()?;
+            let (mut socket, _) = tokio_tungstenite::connect_async(request).await.ok()?;
+            matches!(decode(next_frame(&mut socket).await), Event::Ready(_)).then_some(socket)
+        }
+    })
+    .await;
+    let synced = common::durability::sync_all(&bob, &dm).await;
+    assert_eq!(
+        synced.iter().map(text_of).collect::<Vec<_>>(),
+        vec!["through the gateway", "while bob was away"]
+    );
+    assert_eq!(synced[1].message_id, second.message_id);
+    let third = alice.send_text(&dm, "live again").await;
+    let Event::Message(got) = decode(next_frame(&mut socket).await) else {
+        panic!("message")
+    };
+    assert_eq!(got.message_id, third.message_id);
+
+    // gRPC (and so gRPC-web) requests are forwarded upstream.
+    let channel = common::channel(&format!("http://{}", gateway.addr)).await;
+    let mut users = v1::user_service_client::UserServiceClient::with_interceptor(
+        channel,
+        common::Bearer(bob.access_token.clone()),
+    );
+    let me = users
+        .get_me(v1::GetMeRequest {})
+        .await
+        .expect("GetMe through the gateway")
+        .into_inner();
+    assert_eq!(me.user.unwrap().user_id, bob.user_id);
+    server.stop().await.unwrap();
+}
