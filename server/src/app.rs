@@ -102,6 +102,19 @@ pub async fn open_backends(config: &Config) -> anyhow::Result<Backends> {
     })
 }
 
+/// The services of one server, shared by the gRPC adapters and the gateway.
+struct Services {
+    metrics: Arc<Metrics>,
+    auth: Arc<Authenticator>,
+    hub: Arc<Hub>,
+    presence: Arc<PresenceService>,
+    accounts: Arc<AccountService>,
+    people: Arc<PeopleService>,
+    groups: Arc<GroupService>,
+    chat: Arc<ChatService>,
+    live: Arc<LiveSessions>,
+}
+
 /// Runs a server on `listener` until `shutdown` resolves, then shuts down gracefully.
 pub async fn run(
     config: Config,
@@ -110,7 +123,6 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     config.validate()?;
     let backends = open_backends(&config).await?;
-    let bound = listener.local_addr()?;
     let background = CancellationToken::new();
     let metrics = Metrics::new();
     if let Some(addr) = config.metrics_listen {
@@ -123,96 +135,10 @@ pub async fn run(
         .await?;
         tracing::info!(%addr, "metrics listening");
     }
+    let services = build_services(&config, &backends, metrics, &background).await?;
 
-    let key_file = config
-        .signing_key_file
-        .clone()
-        .unwrap_or_else(|| config.data_dir.join("signing.key"));
-    let signer = TokenSigner::load_or_create(&key_file)?;
-    let auth = Arc::new(Authenticator::new(
-        signer,
-        backends.directory.clone(),
-        config.access_token_ttl,
-    ));
-    let hub = Hub::new(
-        config.max_streams_per_user,
-        config.outbox_capacity,
-        metrics.clone(),
-    );
-    let presence = PresenceService::start(
-        backends.directory.clone(),
-        hub.clone(),
-        config.offline_after,
-        config.heartbeat_interval,
-        config.outbox_capacity,
-        config.max_streams_per_user,
-        background.clone(),
-    );
-    let presence_for_shutdown = presence.clone();
-    let floor_file = config.data_dir.join("snowflake.floor");
-    let message_ids =
-        Snowflake::new(config.worker_id).with_floor(snowflake::read_floor(&floor_file)?);
-    snowflake::keep_floor_ahead(floor_file, background.clone()).await?;
-    let accounts = Arc::new(AccountService::new(
-        backends.directory.clone(),
-        auth.clone(),
-        hub.clone(),
-        presence.clone(),
-        config.access_token_ttl,
-        config.refresh_token_ttl,
-    ));
-    let people = Arc::new(PeopleService::new(
-        backends.directory.clone(),
-        presence.clone(),
-    ));
-    let groups = Arc::new(GroupService::new(
-        backends.directory.clone(),
-        config.max_group_members,
-    ));
-    let limits = ChatLimits {
-        max_content_bytes: config.max_content_bytes,
-        max_page_size: config.max_page_size,
-        push_include_text: config.push_include_text,
-    };
-    let chat = Arc::new(ChatService::new(
-        backends.clone(),
-        hub.clone(),
-        message_ids,
-        RateLimiter::new(config.send_rate, config.send_burst),
-        limits,
-        metrics.clone(),
-    ));
-
-    let live = Arc::new(LiveSessions::new(
-        chat.clone(),
-        presence.clone(),
-        hub.clone(),
-        config.server_id.clone(),
-        metrics.clone(),
-    ));
-    let ctx = ApiContext {
-        metrics: metrics.clone(),
-    };
-    let max = config.max_request_bytes();
-    let grpc_endpoint = config
-        .advertise
-        .clone()
-        .unwrap_or_else(|| bound.to_string());
-    let (health_reporter, health_service) = tonic_health::server::health_reporter();
-    for name in SERVICE_NAMES.iter().chain(&[""]) {
-        health_reporter
-            .set_service_status(*name, ServingStatus::Serving)
-            .await;
-    }
-    let reflection_v1 = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(daehwa::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()?;
-    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(daehwa::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1alpha()?;
-
+    let (health, health_service) = tonic_health::server::health_reporter();
+    set_health(&health, ServingStatus::Serving).await;
     let gateway_listener = match config.gateway_listen {
         Some(addr) => Some(
             TcpListener::bind(addr)
@@ -221,94 +147,39 @@ pub async fn run(
         ),
         None => None,
     };
-    let websocket_url = match &gateway_listener {
-        Some(listener) => format!("ws://{}/v1/ws", listener.local_addr()?),
-        None => String::new(),
+    let endpoints = Endpoints {
+        grpc: config
+            .advertise
+            .clone()
+            .unwrap_or(listener.local_addr()?.to_string()),
+        websocket: match &gateway_listener {
+            Some(listener) => format!("ws://{}/v1/ws", listener.local_addr()?),
+            None => String::new(),
+        },
     };
-    let routes = Routes::new(health_service)
-        .add_service(reflection_v1)
-        .add_service(reflection_v1alpha)
-        .add_service(
-            AuthServiceServer::new(AuthApi {
-                accounts,
-                ctx: ctx.clone(),
-            })
-            .max_decoding_message_size(max),
-        )
-        .add_service(
-            UserServiceServer::new(UserApi {
-                people,
-                ctx: ctx.clone(),
-            })
-            .max_decoding_message_size(max),
-        )
-        .add_service(
-            GroupServiceServer::new(GroupApi {
-                groups,
-                ctx: ctx.clone(),
-            })
-            .max_decoding_message_size(max),
-        )
-        .add_service(
-            ChatServiceServer::new(ChatApi {
-                chat: chat.clone(),
-                presence: presence.clone(),
-                live: live.clone(),
-                ctx: ctx.clone(),
-            })
-            .max_decoding_message_size(max),
-        )
-        .add_service(
-            PresenceServiceServer::new(PresenceApi {
-                presence,
-                heartbeat_interval: config.heartbeat_interval,
-                ctx: ctx.clone(),
-            })
-            .max_decoding_message_size(max),
-        )
-        .add_service(DiscoveryServiceServer::new(DiscoveryApi {
-            server_id: config.server_id.clone(),
-            grpc_endpoint,
-            websocket_url,
-            hub: hub.clone(),
-            ctx,
-        }));
-    let auth_layer = AuthLayer::new(auth.clone(), metrics.clone());
+    let routes = grpc_routes(&config, &services, health_service, endpoints)?;
+    let auth_layer = AuthLayer::new(services.auth.clone(), services.metrics.clone());
     let stop_accepting = CancellationToken::new();
     if let Some(listener) = gateway_listener {
-        let port = Arc::new(GatewaySessions {
-            auth: auth.clone(),
-            chat: chat.clone(),
-            live: live.clone(),
-            metrics: metrics.clone(),
-        });
         let grpc = tower::Layer::layer(&auth_layer, routes.clone().prepare());
-        let router = daehwa_gateway::router(port, grpc, &gateway_config(&config));
-        let addr = listener.local_addr()?;
-        let stop = stop_accepting.clone();
-        tokio::spawn(async move {
-            if let Err(e) = daehwa_gateway::serve(listener, router, stop.cancelled_owned()).await {
-                tracing::error!(error = %e, "gateway stopped");
-            }
-        });
-        tracing::info!(%addr, "gateway listening");
+        spawn_gateway(listener, &config, &services, grpc, stop_accepting.clone())?;
     }
-    let router = Server::builder().layer(auth_layer).add_routes(routes);
 
+    let bound = listener.local_addr()?;
     tracing::info!(addr = %bound, server_id = %config.server_id, data_dir = %config.data_dir.display(), "chatd serving");
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-    let serve =
-        router.serve_with_incoming_shutdown(incoming, stop_accepting.clone().cancelled_owned());
+    let serve = Server::builder()
+        .layer(auth_layer)
+        .add_routes(routes)
+        .serve_with_incoming_shutdown(incoming, stop_accepting.clone().cancelled_owned());
     tokio::pin!(serve);
     tokio::select! {
         result = &mut serve => result.context("gRPC server failed")?,
         () = shutdown => {
             tracing::info!("shutting down: closing streams");
-            for name in SERVICE_NAMES.iter().chain(&[""]) {
-                health_reporter.set_service_status(*name, ServingStatus::NotServing).await;
-            }
-            hub.close_all(CloseReason::Shutdown);
-            presence_for_shutdown.close_all();
+            set_health(&health, ServingStatus::NotServing).await;
+            services.hub.close_all(CloseReason::Shutdown);
+            services.presence.close_all();
             stop_accepting.cancel();
             match tokio::time::timeout(config.shutdown_grace, &mut serve).await {
                 Ok(result) => result.context("gRPC server failed during shutdown")?,
@@ -317,15 +188,219 @@ pub async fn run(
         }
     }
     background.cancel();
+    close_backends(&backends).await?;
+    tracing::info!("chatd stopped");
+    Ok(())
+}
+
+/// Builds every service over `backends`; background tasks stop with `background`.
+async fn build_services(
+    config: &Config,
+    backends: &Backends,
+    metrics: Arc<Metrics>,
+    background: &CancellationToken,
+) -> anyhow::Result<Services> {
+    let key_file = config
+        .signing_key_file
+        .clone()
+        .unwrap_or_else(|| config.data_dir.join("signing.key"));
+    let signer = TokenSigner::load_or_create(&key_file)?;
+    let directory = backends.directory.clone();
+    let auth = Arc::new(Authenticator::new(
+        signer,
+        directory.clone(),
+        config.access_token_ttl,
+    ));
+    let hub = Hub::new(
+        config.max_streams_per_user,
+        config.outbox_capacity,
+        metrics.clone(),
+    );
+    let presence = PresenceService::start(
+        directory.clone(),
+        hub.clone(),
+        config.offline_after,
+        config.heartbeat_interval,
+        config.outbox_capacity,
+        config.max_streams_per_user,
+        background.clone(),
+    );
+    let floor_file = config.data_dir.join("snowflake.floor");
+    let message_ids =
+        Snowflake::new(config.worker_id).with_floor(snowflake::read_floor(&floor_file)?);
+    snowflake::keep_floor_ahead(floor_file, background.clone()).await?;
+    let accounts = Arc::new(AccountService::new(
+        directory.clone(),
+        auth.clone(),
+        hub.clone(),
+        presence.clone(),
+        config.access_token_ttl,
+        config.refresh_token_ttl,
+    ));
+    let people = Arc::new(PeopleService::new(directory.clone(), presence.clone()));
+    let groups = Arc::new(GroupService::new(directory, config.max_group_members));
+    let limits = ChatLimits {
+        max_content_bytes: config.max_content_bytes,
+        max_page_size: config.max_page_size,
+        push_include_text: config.push_include_text,
+    };
+    let rate = RateLimiter::new(config.send_rate, config.send_burst);
+    let chat = Arc::new(ChatService::new(
+        backends.clone(),
+        hub.clone(),
+        message_ids,
+        rate,
+        limits,
+        metrics.clone(),
+    ));
+    let live = Arc::new(LiveSessions::new(
+        chat.clone(),
+        presence.clone(),
+        hub.clone(),
+        config.server_id.clone(),
+        metrics.clone(),
+    ));
+    Ok(Services {
+        metrics,
+        auth,
+        hub,
+        presence,
+        accounts,
+        people,
+        groups,
+        chat,
+        live,
+    })
+}
+
+/// What Discovery tells clients about this server.
+struct Endpoints {
+    grpc: String,
+    websocket: String,
+}
+
+/// Every gRPC service of the API, plus health and reflection (v1 and v1alpha: grpcurl 1.8
+/// speaks only v1alpha). Authentication is added by whoever serves the routes.
+fn grpc_routes(
+    config: &Config,
+    services: &Services,
+    health: tonic_health::pb::health_server::HealthServer<
+        impl tonic_health::pb::health_server::Health,
+    >,
+    endpoints: Endpoints,
+) -> anyhow::Result<Routes> {
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(daehwa::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let ctx = ApiContext {
+        metrics: services.metrics.clone(),
+    };
+    let max = config.max_request_bytes();
+    Ok(Routes::new(health)
+        .add_service(reflection().build_v1()?)
+        .add_service(reflection().build_v1alpha()?)
+        .add_service(
+            AuthServiceServer::new(AuthApi {
+                accounts: services.accounts.clone(),
+                ctx: ctx.clone(),
+            })
+            .max_decoding_message_size(max),
+        )
+        .add_service(
+            UserServiceServer::new(UserApi {
+                people: services.people.clone(),
+                ctx: ctx.clone(),
+            })
+            .max_decoding_message_size(max),
+        )
+        .add_service(
+            GroupServiceServer::new(GroupApi {
+                groups: services.groups.clone(),
+                ctx: ctx.clone(),
+            })
+            .max_decoding_message_size(max),
+        )
+        .add_service(
+            ChatServiceServer::new(ChatApi {
+                chat: services.chat.clone(),
+                presence: services.presence.clone(),
+                live: services.live.clone(),
+                ctx: ctx.clone(),
+            })
+            .max_decoding_message_size(max),
+        )
+        .add_service(
+            PresenceServiceServer::new(PresenceApi {
+                presence: services.presence.clone(),
+                heartbeat_interval: config.heartbeat_interval,
+                ctx: ctx.clone(),
+            })
+            .max_decoding_message_size(max),
+        )
+        .add_service(DiscoveryServiceServer::new(DiscoveryApi {
+            server_id: config.server_id.clone(),
+            grpc_endpoint: endpoints.grpc,
+            websocket_url: endpoints.websocket,
+            hub: services.hub.clone(),
+            ctx,
+        })))
+}
+
+/// Serves the embedded gateway on `listener` until `stop`: WebSocket sessions run on this
+/// server's live sessions; `grpc` (already authenticating) answers gRPC and gRPC-web.
+fn spawn_gateway<S>(
+    listener: TcpListener,
+    config: &Config,
+    services: &Services,
+    grpc: S,
+    stop: CancellationToken,
+) -> anyhow::Result<()>
+where
+    S: tower::Service<
+            http::Request<tonic::body::Body>,
+            Response = http::Response<tonic::body::Body>,
+            Error = std::convert::Infallible,
+        > + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send + 'static,
+{
+    let port = Arc::new(GatewaySessions {
+        auth: services.auth.clone(),
+        chat: services.chat.clone(),
+        live: services.live.clone(),
+        metrics: services.metrics.clone(),
+    });
+    let router = daehwa_gateway::router(port, grpc, &gateway_config(config));
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move {
+        if let Err(e) = daehwa_gateway::serve(listener, router, stop.cancelled_owned()).await {
+            tracing::error!(error = %e, "gateway stopped");
+        }
+    });
+    tracing::info!(%addr, "gateway listening");
+    Ok(())
+}
+
+/// Reports every service (and the server as a whole, "") as `status`.
+async fn set_health(health: &tonic_health::server::HealthReporter, status: ServingStatus) {
+    for name in SERVICE_NAMES.iter().chain(&[""]) {
+        health.set_service_status(*name, status).await;
+    }
+}
+
+/// Closes the push queue, the directory and the message store, in that order.
+async fn close_backends(backends: &Backends) -> anyhow::Result<()> {
     backends.push.close().await;
     backends.directory.close().await;
     backends
         .messages
         .close()
         .await
-        .map_err(|e| anyhow::anyhow!("closing message store: {e}"))?;
-    tracing::info!("chatd stopped");
-    Ok(())
+        .map_err(|e| anyhow::anyhow!("closing message store: {e}"))
 }
 
 /// The embedded gateway's settings.
