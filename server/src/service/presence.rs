@@ -438,3 +438,6 @@ pub fn timestamp(ms: i64) -> prost_types::Timestamp {
         nanos: (ms.rem_euclid(1000) * 1_000_000) as i32,
     }
 }
+
+#[cfg(test)]
+mod tests;
