@@ -77,3 +77,27 @@ else
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null
 fi
 command -v runuser >/dev/null || { echo "runuser (util-linux) is required to run postgres as its own user" >&2; exit 1; }
+
+# --- Browser tests: Debian's chromium + playwright-core (npm) --------------------------------
+# tests/browser.rs drives /usr/bin/chromium with playwright-core from tools/node_modules
+# (pinned in tools/package.json); never a browser downloaded by playwright.
+if [[ -x /usr/bin/chromium ]]; then
+    say "chromium present ($(/usr/bin/chromium --version 2>/dev/null | head -1))"
+else
+    say "installing Debian's chromium (browser tests)"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+fi
+PLAYWRIGHT_VERSION="$(sed -n 's/.*"playwright-core": *"\([^"]*\)".*/\1/p' "$TOOLS/package.json")"
+playwright_installed() {
+    [[ -f "$TOOLS/node_modules/playwright-core/package.json" ]] &&
+        [[ "$(sed -n 's/^ *"version": *"\([^"]*\)".*/\1/p' "$TOOLS/node_modules/playwright-core/package.json" | head -1)" == "$PLAYWRIGHT_VERSION" ]]
+}
+if playwright_installed; then
+    say "playwright-core $PLAYWRIGHT_VERSION already installed (tools/node_modules)"
+else
+    command -v npm >/dev/null || { echo "npm is required (Node.js 20 + npm)" >&2; exit 1; }
+    say "installing playwright-core $PLAYWRIGHT_VERSION with npm ci in tools/"
+    (cd "$TOOLS" && npm ci --no-audit --no-fund --loglevel=error)
+    playwright_installed || { echo "playwright-core $PLAYWRIGHT_VERSION did not install" >&2; exit 1; }
+fi

@@ -23,6 +23,7 @@ pub mod json;
 pub mod poll;
 pub mod port;
 pub mod remote;
+pub mod web;
 pub mod websocket;
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
@@ -83,6 +84,7 @@ where
     axum::Router::new()
         .merge(ws)
         .merge(poll)
+        .merge(web::routes())
         .fallback_service(grpc_web::service(grpc, &config.allowed_origins))
 }
 
