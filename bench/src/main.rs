@@ -1,0 +1,226 @@
+//! # chat-bench: Daehwa's load generator
+//!
+//! Runs one scenario of issue 5 over gRPC against `chatd` and, where a ceiling applies,
+//! against a bare tonic relay speaking the same Connect stream; prints Daehwa's figures
+//! beside the ceiling's with their ratio (progress on stderr, `--json` for a machine-readable
+//! summary on stdout). Exits 1 if any acknowledged message was lost or duplicated, 2 if the
+//! scenario could not run.
+//!
+//! ## Layout
+//! - `target`: the servers under load (chatd child, relay child, or `--server URL`).
+//! - `relay`: the ceiling, a bare Connect relay (`chat-bench relay-server`).
+//! - `load`: users, sessions, stamped messages, the per-recipient seq ledger.
+//! - `scenario`: one module per scenario (pairs, latency, idle, catchup, storm, fanout).
+//! - `report`: HDR histograms, the table and the JSON summary.
+//! - `rss`: resident memory and CPU time of a process, and the load average, from /proc.
+//!
+//! The relay runs first and is stopped before chatd starts, so the two never share the CPU;
+//! each scenario's users are set up before its clock starts.
+
+mod load;
+mod relay;
+mod report;
+mod rss;
+mod scenario;
+mod target;
+
+use std::{io::Write, path::PathBuf, process::ExitCode};
+
+use clap::{Parser, Subcommand};
+
+use crate::{
+    report::{Report, Run},
+    scenario::Ctx,
+    target::Target,
+};
+
+/// Runs a scenario on the relay (when `$ceiling` and not `--no-ceiling`), stops it, then on
+/// chatd; yields `(daehwa, Option<ceiling>)`. A macro because the scenario future borrows
+/// the target it runs on.
+macro_rules! both {
+    ($cli:expr, $ceiling:expr, |$t:ident| $run:expr) => {{
+        // Fail before the relay run, not after it, when chatd is missing.
+        if $cli.server.is_none() {
+            chatd_path(&$cli)?;
+        }
+        let ceiling = if $ceiling && !$cli.no_ceiling {
+            let $t = Target::relay().await?;
+            eprintln!("[relay] {}", $t.url);
+            let run = $run.await;
+            $t.stop().await;
+            Some(run?)
+        } else {
+            None
+        };
+        let $t = daehwa_target(&$cli).await?;
+        eprintln!("[daehwa] {}", $t.url);
+        let run = $run.await;
+        $t.stop().await;
+        (run?, ceiling)
+    }};
+}
+
+/// Daehwa's load generator: each scenario against chatd beside a bare tonic relay.
+#[derive(Debug, Parser)]
+#[command(name = "chat-bench", version)]
+struct Cli {
+    /// The chatd binary to start (default: `chatd` next to this executable).
+    #[arg(long, global = true)]
+    chatd: Option<PathBuf>,
+    /// An extra flag for chatd, e.g. `--chatd-arg=--outbox-capacity=4096` (repeatable).
+    #[arg(long = "chatd-arg", global = true, allow_hyphen_values = true)]
+    chatd_args: Vec<String>,
+    /// Use an already-running Daehwa server at this URL instead of starting chatd (no
+    /// memory figures; it needs generous send-rate, stream and group limits).
+    #[arg(long, global = true)]
+    server: Option<String>,
+    /// Skip the relay (ceiling) run.
+    #[arg(long, global = true)]
+    no_ceiling: bool,
+    /// Print a JSON summary on stdout (the table then goes to stderr).
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// (a) 1:1 pairs, closed loop: delivered msg/s and latency.
+    Pairs(scenario::pairs::Params),
+    /// (b) 1:1 pairs, open loop at a fixed rate: latency from the intended send time.
+    Latency(scenario::latency::Params),
+    /// (c) Idle sessions: server memory per session.
+    Idle(scenario::idle::Params),
+    /// (e) A device N messages behind syncs to current (chatd only).
+    Catchup(scenario::catchup::Params),
+    /// (f) N sessions connecting at once.
+    Storm(scenario::storm::Params),
+    /// (d) One message to a group of N online members: time to the last delivery.
+    Fanout(scenario::fanout::Params),
+    /// The bare relay server (the ceiling); started by the scenarios themselves.
+    #[command(hide = true)]
+    RelayServer {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:0")]
+        listen: std::net::SocketAddr,
+    },
+    /// Holds idle sessions for `idle --processes N`; started by the scenario itself.
+    #[command(hide = true)]
+    IdleWorker(scenario::idle::WorkerParams),
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli).await {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("chat-bench: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let ctx = Ctx {
+        run: rand::random(),
+        clock: load::Clock::new(),
+    };
+    let load_before = rss::load_average();
+    let mut report = match &cli.command {
+        Command::RelayServer { listen } => {
+            let listener = tokio::net::TcpListener::bind(listen).await?;
+            eprintln!("relay serving addr={}", listener.local_addr()?);
+            relay::serve(listener).await?;
+            return Ok(ExitCode::SUCCESS);
+        }
+        Command::IdleWorker(p) => {
+            scenario::idle::worker(p).await?;
+            return Ok(ExitCode::SUCCESS);
+        }
+        Command::Pairs(p) => {
+            let (daehwa, ceiling) = both!(cli, true, |t| scenario::pairs::run(&t, &ctx, p));
+            report("pairs", p.to_json(), daehwa, ceiling)
+        }
+        Command::Latency(p) => {
+            let (daehwa, ceiling) = both!(cli, true, |t| scenario::latency::run(&t, &ctx, p));
+            report("latency", p.to_json(), daehwa, ceiling)
+        }
+        Command::Idle(p) => {
+            let (daehwa, ceiling) = both!(cli, true, |t| scenario::idle::run(&t, &ctx, p));
+            report("idle", p.to_json(), daehwa, ceiling)
+        }
+        Command::Catchup(p) => {
+            let (daehwa, ceiling) = both!(cli, false, |t| scenario::catchup::run(&t, &ctx, p));
+            let mut r = report("catchup", p.to_json(), daehwa, ceiling);
+            r.notes
+                .push("no ceiling: the relay stores nothing to catch up from".into());
+            r
+        }
+        Command::Storm(p) => {
+            let (daehwa, ceiling) = both!(cli, true, |t| scenario::storm::run(&t, &ctx, p));
+            report("storm", p.to_json(), daehwa, ceiling)
+        }
+        Command::Fanout(p) => {
+            let (daehwa, ceiling) = both!(cli, true, |t| scenario::fanout::run(&t, &ctx, p));
+            report("fanout", p.to_json(), daehwa, ceiling)
+        }
+    };
+    report.notes.push(format!(
+        "machine: {} CPUs, 1-min load average {} at start and {} at end (the load generator runs on the same machine)",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        load_before.map_or("?".into(), |l| format!("{l:.2}")),
+        rss::load_average().map_or("?".into(), |l| format!("{l:.2}")),
+    ));
+    if cli.json {
+        report.print_table(&mut std::io::stderr())?;
+        let mut out = std::io::stdout().lock();
+        serde_json::to_writer_pretty(&mut out, &report.to_json())?;
+        writeln!(out)?;
+    } else {
+        report.print_table(&mut std::io::stdout())?;
+    }
+    if report.violations() > 0 {
+        eprintln!(
+            "chat-bench: {} messages lost or duplicated",
+            report.violations()
+        );
+        return Ok(ExitCode::from(1));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn report(
+    scenario: &'static str,
+    params: serde_json::Value,
+    daehwa: Run,
+    ceiling: Option<Run>,
+) -> Report {
+    Report {
+        scenario,
+        params,
+        daehwa,
+        ceiling,
+        notes: Vec::new(),
+    }
+}
+
+/// The Daehwa server to measure: `--server URL`, or chatd started from `--chatd`.
+async fn daehwa_target(cli: &Cli) -> anyhow::Result<Target> {
+    match &cli.server {
+        Some(url) => Ok(Target::external(url)),
+        None => Target::chatd(&chatd_path(cli)?, &cli.chatd_args).await,
+    }
+}
+
+/// `--chatd`, or `chatd` next to this executable; an error if it does not exist.
+fn chatd_path(cli: &Cli) -> anyhow::Result<PathBuf> {
+    let path = cli.chatd.clone().unwrap_or_else(target::default_chatd);
+    anyhow::ensure!(
+        path.exists(),
+        "chatd not found at {}: build it (`cargo build --release -p daehwa-server`) or pass --chatd PATH",
+        path.display()
+    );
+    Ok(path)
+}

@@ -1,0 +1,317 @@
+//! (d) Group fan-out: a group of `--members` online members (each its own user, stream and
+//! connection) and its owner; the owner sends `--messages` messages one after another, and
+//! each is timed from the send to its delivery on the LAST member's stream.
+//!
+//! Against chatd the owner first becomes friends with every member (a request each way),
+//! since members can only be added by a friend; the relay has no groups and simply
+//! broadcasts `g:<n>` messages to every other connected user, which is the same delivery.
+
+use std::{collections::HashMap, time::Duration};
+
+use anyhow::Context;
+use clap::Args;
+use daehwa::v1::{
+    self, ClientEvent, ServerEvent, group_service_client::GroupServiceClient, send_result::Outcome,
+    server_event::Event,
+};
+use futures::{StreamExt, TryStreamExt, stream};
+use serde_json::json;
+use tokio::{
+    sync::{mpsc, watch},
+    task::JoinHandle,
+    time::Instant,
+};
+
+use super::Ctx;
+use crate::{
+    load::{self, Bearer, Clock, Identity, SeqLedger, Session, send_event, stamp_of, stamped_text},
+    progress,
+    report::{Check, Figure, Latency, Run},
+    target::{Kind, Target},
+};
+
+/// Members added per CreateGroup / AddMembers call.
+const CHUNK: usize = 1000;
+/// How long one message may take to reach every member.
+const PER_MESSAGE: Duration = Duration::from_secs(60);
+
+/// Flags of `chat-bench fanout`.
+#[derive(Debug, Clone, Args)]
+pub struct Params {
+    /// Online group members besides the owner.
+    #[arg(long, default_value_t = 1000)]
+    pub members: usize,
+    /// Messages sent one after another (each waits for its last delivery).
+    #[arg(long, default_value_t = 5)]
+    pub messages: usize,
+    /// Message text bytes (at least 16: the time stamp).
+    #[arg(long, default_value_t = 64)]
+    pub size: usize,
+}
+
+impl Params {
+    /// The parameters as JSON.
+    pub fn to_json(&self) -> serde_json::Value {
+        json!({"members": self.members, "messages": self.messages, "size": self.size})
+    }
+}
+
+/// Creates the group on chatd and returns its conversation id; `g:1` on the relay.
+async fn create_group(
+    target: &Target,
+    owner: &Identity,
+    members: &[Identity],
+) -> anyhow::Result<String> {
+    if target.kind == Kind::Relay {
+        return Ok("g:1".into());
+    }
+    let pairs: Vec<(&Identity, &Identity)> = members.iter().map(|m| (owner, m)).collect();
+    load::befriend(target.kind, &target.url, &pairs).await?;
+    let mut groups = GroupServiceClient::with_interceptor(
+        load::channel(&target.url).await?,
+        Bearer::new(owner)?,
+    );
+    let mut chunks = members.chunks(CHUNK);
+    let first: Vec<u64> = chunks
+        .next()
+        .unwrap_or_default()
+        .iter()
+        .map(|m| m.user_id)
+        .collect();
+    let group = groups
+        .create_group(v1::CreateGroupRequest {
+            name: "bench fan-out".into(),
+            member_ids: first,
+        })
+        .await
+        .context("CreateGroup failed")?
+        .into_inner()
+        .group
+        .context("CreateGroup answered without a group")?;
+    for chunk in chunks {
+        groups
+            .add_members(v1::AddMembersRequest {
+                group_id: group.group_id,
+                user_ids: chunk.iter().map(|m| m.user_id).collect(),
+            })
+            .await
+            .context("AddMembers failed")?;
+    }
+    Ok(group.conversation_id)
+}
+
+/// What one member saw.
+struct MemberResult {
+    ledger: SeqLedger,
+    check: Check,
+    delivered: u64,
+}
+
+/// Reads a member's stream, reporting each delivery's (seq, latency) until told to stop.
+fn spawn_member(
+    session: Session,
+    conversation: String,
+    clock: Clock,
+    deliveries: mpsc::Sender<(u64, u64)>,
+    mut stop: watch::Receiver<bool>,
+) -> JoinHandle<MemberResult> {
+    tokio::spawn(async move {
+        let Session {
+            tx: _keep_open,
+            mut rx,
+            ..
+        } = session;
+        let mut out = MemberResult {
+            ledger: SeqLedger::default(),
+            check: Check::default(),
+            delivered: 0,
+        };
+        loop {
+            let next = tokio::select! {
+                next = rx.message() => next,
+                _ = stop.changed() => break,
+            };
+            match next {
+                Ok(Some(ServerEvent {
+                    event: Some(Event::Message(m)),
+                })) => {
+                    let now = clock.now_ns();
+                    out.delivered += 1;
+                    if m.conversation_id != conversation || !out.ledger.record(m.seq) {
+                        out.check.error(format!(
+                            "unexpected message {} {}",
+                            m.conversation_id, m.seq
+                        ));
+                        continue;
+                    }
+                    let Some(stamp) = stamp_of(&m) else {
+                        out.check.error("message without a time stamp");
+                        continue;
+                    };
+                    if deliveries
+                        .send((m.seq, now.saturating_sub(stamp)))
+                        .await
+                        .is_err()
+                    {
+                        break;
+                    }
+                }
+                Ok(Some(_)) => {}
+                Ok(None) => {
+                    out.check.error("member stream ended early");
+                    break;
+                }
+                Err(status) => {
+                    out.check.error(format!("member stream failed: {status}"));
+                    break;
+                }
+            }
+        }
+        out
+    })
+}
+
+/// Runs the fan-out scenario on `target`.
+pub async fn run(target: &Target, ctx: &Ctx, p: &Params) -> anyhow::Result<Run> {
+    anyhow::ensure!(p.members >= 1, "--members must be at least 1");
+    progress!(
+        "fanout",
+        target,
+        "setting up an owner and {} members",
+        p.members
+    );
+    let ids = load::provision(target.kind, &target.url, ctx.run, p.members + 1).await?;
+    let (owner, members) = ids.split_first().context("no users")?;
+    let conversation = create_group(target, owner, members).await?;
+    progress!("fanout", target, "connecting {} members", p.members);
+    let url = target.url.as_str();
+    let sessions: Vec<Session> = stream::iter(members)
+        .map(|m| load::connect_session(url, m))
+        .buffer_unordered(128)
+        .try_collect()
+        .await
+        .context("connecting a member")?;
+    let (deliveries_tx, mut deliveries) = mpsc::channel(16_384);
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let readers: Vec<_> = sessions
+        .into_iter()
+        .map(|s| {
+            spawn_member(
+                s,
+                conversation.clone(),
+                ctx.clock,
+                deliveries_tx.clone(),
+                stop_rx.clone(),
+            )
+        })
+        .collect();
+    drop(deliveries_tx);
+    let mut owner_session = load::connect_session(url, owner)
+        .await
+        .context("connecting the owner")?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let everyone = p.members as u64;
+    let mut check = Check::default();
+    let mut all = Latency::new();
+    let mut last = Latency::new();
+    let mut acks = Latency::new();
+    let mut acked = Vec::new();
+    let mut counts: HashMap<u64, (u64, u64)> = HashMap::new();
+    for k in 0..p.messages {
+        progress!("fanout", target, "message {}/{}", k + 1, p.messages);
+        let sent_ns = ctx.clock.now_ns();
+        let event: ClientEvent = send_event(
+            &conversation,
+            format!("f-{k}"),
+            stamped_text(sent_ns, p.size),
+        );
+        owner_session
+            .tx
+            .send(event)
+            .await
+            .context("owner stream closed")?;
+        let deadline = Instant::now() + PER_MESSAGE;
+        let mut seq = None;
+        loop {
+            if let Some(s) = seq
+                && counts.get(&s).is_some_and(|c| c.0 >= everyone)
+            {
+                break;
+            }
+            tokio::select! {
+                next = owner_session.rx.message() => match next {
+                    Ok(Some(ServerEvent { event: Some(Event::SendResult(r)) })) => match r.outcome {
+                        Some(Outcome::Message(m)) => {
+                            acks.record(ctx.clock.now_ns().saturating_sub(sent_ns));
+                            acked.push(m.seq);
+                            seq = Some(m.seq);
+                        }
+                        other => {
+                            check.error(format!("message {k} refused: {other:?}"));
+                            break;
+                        }
+                    },
+                    Ok(Some(_)) => {}
+                    Ok(None) => anyhow::bail!("owner stream ended"),
+                    Err(status) => anyhow::bail!("owner stream failed: {status}"),
+                },
+                Some((s, latency)) = deliveries.recv() => {
+                    let c = counts.entry(s).or_default();
+                    c.0 += 1;
+                    c.1 = c.1.max(latency);
+                    all.record(latency);
+                }
+                () = tokio::time::sleep_until(deadline) => {
+                    let got = seq.and_then(|s| counts.get(&s)).map_or(0, |c| c.0);
+                    check.error(format!("message {k}: {got} of {everyone} deliveries in {PER_MESSAGE:?}"));
+                    break;
+                }
+            }
+        }
+        if let Some(c) = seq.and_then(|s| counts.get(&s)) {
+            last.record(c.1);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    let _ = stop_tx.send(true);
+    acked.sort_unstable();
+    check.acked = acked.len() as u64;
+    for reader in readers {
+        match reader.await {
+            Ok(r) => {
+                let (lost, duplicated) = r.ledger.compare(&acked);
+                check.lost += lost;
+                check.duplicated += duplicated;
+                check.delivered += r.delivered;
+                check.absorb(r.check);
+            }
+            Err(e) => check.error(format!("member task failed: {e}")),
+        }
+    }
+    let mut figures = Vec::new();
+    if last.count() > 0 {
+        figures.push(Figure::new(
+            "last_delivery_median_ms",
+            "last delivery ms (median msg)",
+            last.quantile_ms(0.5),
+        ));
+        figures.push(Figure::new(
+            "last_delivery_max_ms",
+            "last delivery ms (worst msg)",
+            last.max_ms(),
+        ));
+        figures.push(Figure::new(
+            "ack_median_ms",
+            "owner's ack ms (median)",
+            acks.quantile_ms(0.5),
+        ));
+    }
+    figures.extend(all.figures("delivery", "any delivery"));
+    Ok(Run {
+        figures,
+        check,
+        notes: Vec::new(),
+    })
+}

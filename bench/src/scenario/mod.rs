@@ -1,0 +1,38 @@
+//! The scenarios of issue 5 that run over gRPC, one module each. Every scenario is a function
+//! `run(target, ctx, params) -> Run` that sets up its users on the target, measures, and
+//! checks that every acknowledged message arrived exactly once; `main` runs it against the
+//! relay (the ceiling, where one applies) and then against chatd, and prints both.
+//!
+//! - [`pairs`]: 1:1 pairs, closed loop (N sends in flight per sender): delivered msg/s.
+//! - [`latency`]: 1:1 pairs, open loop at a fixed offered rate: latency from the intended
+//!   send time.
+//! - [`idle`]: N idle sessions: server memory per session.
+//! - [`catchup`]: a device N messages behind syncs to current.
+//! - [`storm`]: N sessions connecting at once.
+//! - [`fanout`]: one message to a group of N online members: time to the last delivery.
+
+pub mod catchup;
+pub mod fanout;
+pub mod idle;
+pub mod latency;
+pub mod pairs;
+pub mod storm;
+
+use crate::load::Clock;
+
+/// What every scenario shares within one invocation.
+#[derive(Debug, Clone, Copy)]
+pub struct Ctx {
+    /// Makes usernames unique to this run (a `--server` may hold earlier runs' users).
+    pub run: u32,
+    /// The time base of the stamps in message texts.
+    pub clock: Clock,
+}
+
+/// Prints a progress line on stderr: `[scenario/target] ...`.
+#[macro_export]
+macro_rules! progress {
+    ($scenario:expr, $target:expr, $($arg:tt)*) => {
+        eprintln!("[{}/{}] {}", $scenario, $target.kind.name(), format_args!($($arg)*))
+    };
+}
