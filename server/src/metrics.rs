@@ -34,6 +34,12 @@ pub struct Metrics {
     pub errors: Family<CodeLabel, Counter>,
     /// Push notifications queued for offline users.
     pub pushes: Counter,
+    /// Envelopes sent to other servers (targeted or broadcast).
+    pub bus_published: Counter,
+    /// Bus publishes and route lookups that failed (recipients catch up by sync).
+    pub bus_errors: Counter,
+    /// Times this server's bus subscription broke and its streams were told to sync.
+    pub bus_interruptions: Counter,
 }
 
 impl Metrics {
@@ -54,6 +60,9 @@ impl Metrics {
             store_append_latency: buckets(),
             errors: Family::default(),
             pushes: Counter::default(),
+            bus_published: Counter::default(),
+            bus_errors: Counter::default(),
+            bus_interruptions: Counter::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -90,6 +99,21 @@ impl Metrics {
             "push_notifications",
             "Push notifications queued",
             metrics.pushes.clone(),
+        );
+        registry.register(
+            "bus_published",
+            "Envelopes sent to other chat servers",
+            metrics.bus_published.clone(),
+        );
+        registry.register(
+            "bus_errors",
+            "Failed bus publishes and route lookups",
+            metrics.bus_errors.clone(),
+        );
+        registry.register(
+            "bus_interruptions",
+            "Bus subscription breaks (streams told to reconnect and sync)",
+            metrics.bus_interruptions.clone(),
         );
         Arc::new(Self {
             registry,

@@ -17,9 +17,14 @@ const WORKER_BITS: u32 = 10;
 const SEQUENCE_BITS: u32 = 12;
 const MAX_SEQUENCE: u64 = (1 << SEQUENCE_BITS) - 1;
 
+/// Where the worker id comes from when it is leased (the registry): `None` while this server
+/// holds no lease, and then no id may be issued.
+pub type WorkerLease = std::sync::Arc<dyn Fn() -> Option<u16> + Send + Sync>;
+
 /// Hands out unique, increasing ids for one worker.
 pub struct Snowflake {
     worker_id: u64,
+    lease: Option<WorkerLease>,
     clock: Box<dyn Fn() -> u64 + Send + Sync>,
     state: Mutex<State>,
 }
@@ -42,9 +47,25 @@ impl Snowflake {
         debug_assert!(worker_id < 1 << WORKER_BITS);
         Self {
             worker_id: u64::from(worker_id) & ((1 << WORKER_BITS) - 1),
+            lease: None,
             clock: Box::new(clock),
             state: Mutex::default(),
         }
+    }
+
+    /// A generator on the system clock shifted by `offset_ms` (for tests that make two servers'
+    /// clocks disagree; 0 in production).
+    pub fn with_clock_offset(worker_id: u16, offset_ms: i64) -> Self {
+        Self::with_clock(worker_id, move || {
+            system_ms().saturating_add_signed(offset_ms)
+        })
+    }
+
+    /// Takes the worker id from `lease` at every call instead of the fixed one (a cluster:
+    /// the registry leases worker ids so that no two live servers share one).
+    pub fn with_lease(mut self, lease: WorkerLease) -> Self {
+        self.lease = Some(lease);
+        self
     }
 
     /// Never issues an id from a millisecond before `floor_ms` (Unix ms): a restart whose
@@ -57,8 +78,22 @@ impl Snowflake {
         self
     }
 
-    /// The next id. Never blocks on the clock: a spent millisecond borrows the next one.
+    /// The next id, or `None` while the worker id lease is lost (never two servers with one
+    /// worker id). Never blocks on the clock: a spent millisecond borrows the next one.
+    pub fn try_next_id(&self) -> Option<u64> {
+        let worker_id = match &self.lease {
+            Some(lease) => u64::from(lease()?) & ((1 << WORKER_BITS) - 1),
+            None => self.worker_id,
+        };
+        Some(self.next_with(worker_id))
+    }
+
+    /// The next id for a generator with a fixed worker id (tests and one-machine use).
     pub fn next_id(&self) -> u64 {
+        self.next_with(self.worker_id)
+    }
+
+    fn next_with(&self, worker_id: u64) -> u64 {
         let now = (self.clock)().saturating_sub(EPOCH_MS);
         // The lock is never held across an await and the critical section is a few adds.
         let mut state = self
@@ -75,7 +110,7 @@ impl Snowflake {
             state.sequence = 0;
         }
         (state.last_ms << (WORKER_BITS + SEQUENCE_BITS))
-            | (self.worker_id << SEQUENCE_BITS)
+            | (worker_id << SEQUENCE_BITS)
             | state.sequence
     }
 

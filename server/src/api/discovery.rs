@@ -1,5 +1,5 @@
-//! `chat.v1.DiscoveryService`. On one machine the answer is always this server; the
-//! scale-out registry will answer from the live set of chat servers.
+//! `chat.v1.DiscoveryService`: which chat server a user should connect to, from the registry's
+//! live view of the cluster (on one machine: this server).
 
 use std::sync::Arc;
 
@@ -7,14 +7,18 @@ use daehwa::v1::{self, discovery_service_server::DiscoveryService};
 use tonic::{Request, Response, Status};
 
 use super::ApiContext;
-use crate::{auth::layer::caller, session::Hub};
+use crate::{
+    auth::layer::caller,
+    backend::{
+        Registry,
+        registry::{ROLE_CHAT, pick_chat_server},
+    },
+    error::Error,
+};
 
-/// This server as the one chat server.
+/// Answers from the registry: every server answers the same for the same user.
 pub struct DiscoveryApi {
-    pub server_id: String,
-    pub grpc_endpoint: String,
-    pub websocket_url: String,
-    pub hub: Arc<Hub>,
+    pub registry: Arc<dyn Registry>,
     pub ctx: ApiContext,
 }
 
@@ -24,11 +28,18 @@ impl DiscoveryService for DiscoveryApi {
         &self,
         request: Request<v1::GetChatServerRequest>,
     ) -> Result<Response<v1::GetChatServerResponse>, Status> {
-        caller(&request)?;
+        let me = caller(&request)?;
+        let servers = self.registry.servers();
+        let Some(server) = pick_chat_server(&servers, me.user.0) else {
+            return Err(super::status(
+                &self.ctx.metrics,
+                Error::unavailable("no chat server is available right now: retry shortly"),
+            ));
+        };
         Ok(Response::new(v1::GetChatServerResponse {
-            server_id: self.server_id.clone(),
-            grpc_endpoint: self.grpc_endpoint.clone(),
-            websocket_url: self.websocket_url.clone(),
+            server_id: server.server_id.clone(),
+            grpc_endpoint: server.grpc_endpoint.clone(),
+            websocket_url: server.websocket_url.clone(),
         }))
     }
 
@@ -37,14 +48,19 @@ impl DiscoveryService for DiscoveryApi {
         request: Request<v1::ListChatServersRequest>,
     ) -> Result<Response<v1::ListChatServersResponse>, Status> {
         caller(&request)?;
-        Ok(Response::new(v1::ListChatServersResponse {
-            servers: vec![v1::ChatServer {
-                server_id: self.server_id.clone(),
-                grpc_endpoint: self.grpc_endpoint.clone(),
-                websocket_url: self.websocket_url.clone(),
-                connections: self.hub.connections() as u64,
+        let servers = self
+            .registry
+            .servers()
+            .into_iter()
+            .filter(|s| s.has_role(ROLE_CHAT))
+            .map(|s| v1::ChatServer {
+                server_id: s.server_id,
+                grpc_endpoint: s.grpc_endpoint,
+                websocket_url: s.websocket_url,
+                connections: s.connections,
                 healthy: true,
-            }],
-        }))
+            })
+            .collect();
+        Ok(Response::new(v1::ListChatServersResponse { servers }))
     }
 }

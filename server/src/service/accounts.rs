@@ -13,8 +13,7 @@ use crate::{
     },
     error::{Error, Result},
     ids::{DeviceId, UserId},
-    service::{presence::PresenceService, validate},
-    session::{CloseReason, Hub},
+    service::{delivery::Delivery, presence::PresenceService, validate},
 };
 
 /// Tokens handed to a device.
@@ -32,18 +31,19 @@ pub struct IssuedTokens {
 pub struct AccountService {
     directory: Arc<dyn Directory>,
     auth: Arc<Authenticator>,
-    hub: Arc<Hub>,
+    delivery: Arc<Delivery>,
     presence: Arc<PresenceService>,
     access_ttl: Duration,
     refresh_ttl: Duration,
 }
 
 impl AccountService {
-    /// Accounts over `directory`; tokens from `auth`; logout ends streams in `hub`.
+    /// Accounts over `directory`; tokens from `auth`; logout ends the device's streams on
+    /// every server through `delivery`.
     pub fn new(
         directory: Arc<dyn Directory>,
         auth: Arc<Authenticator>,
-        hub: Arc<Hub>,
+        delivery: Arc<Delivery>,
         presence: Arc<PresenceService>,
         access_ttl: Duration,
         refresh_ttl: Duration,
@@ -51,7 +51,7 @@ impl AccountService {
         Self {
             directory,
             auth,
-            hub,
+            delivery,
             presence,
             access_ttl,
             refresh_ttl,
@@ -140,7 +140,7 @@ impl AccountService {
             RefreshOutcome::Reused { user, device } => {
                 tracing::warn!(user_id = %user, device_id = %device, "refresh token reused: device revoked");
                 self.auth.forget(device);
-                self.hub.close_device(user, device, CloseReason::Revoked);
+                self.delivery.close_device(user, device).await;
                 Err(Error::unauthenticated(
                     "refresh token was already used: this session is revoked, log in again",
                 ))
@@ -155,8 +155,8 @@ impl AccountService {
     /// Revokes the calling device at once and ends its streams.
     pub async fn logout(&self, user: UserId, device: DeviceId) -> Result<()> {
         self.auth.revoke(device).await?;
-        self.hub.close_device(user, device, CloseReason::Revoked);
-        let others = self.hub.has_other_device(user, device);
+        self.delivery.close_device(user, device).await;
+        let others = self.delivery.hub().has_other_device(user, device);
         self.presence.logged_out(user, others);
         tracing::info!(user_id = %user, device_id = %device, "logout");
         Ok(())

@@ -3,9 +3,11 @@
 //!
 //! Send path: validate → rate limit → membership → Snowflake id → durable append (the store
 //! assigns the gapless seq; a retried client_msg_id returns the first message) → deliver to
-//! every live session of every member except the sending device → push to members with no
-//! live session. Only then is the sender answered, so an acknowledged message is never lost;
-//! a delivery that fails (slow consumer, crash) is repaired by the recipient's sync.
+//! every live session of every member except the sending device, on this server and, through
+//! the bus, on the servers holding the others' streams → push to members with no live session
+//! anywhere. Only then is the sender answered, so an acknowledged message is never lost; a
+//! delivery that fails (slow consumer, crash, lost envelope) is repaired by the recipient's
+//! sync.
 
 use std::{sync::Arc, time::Instant};
 
@@ -25,8 +27,7 @@ use crate::{
     error::{Error, Result},
     ids::{ConversationId, UserId},
     metrics::Metrics,
-    service::{rate_limit::RateLimiter, validate},
-    session::Hub,
+    service::{delivery::Delivery, rate_limit::RateLimiter, validate},
     snowflake::Snowflake,
 };
 
@@ -53,7 +54,7 @@ pub struct ConversationSummary {
 /// The chat service of one server.
 pub struct ChatService {
     backends: Backends,
-    hub: Arc<Hub>,
+    delivery: Arc<Delivery>,
     ids: Snowflake,
     rate: RateLimiter,
     limits: ChatLimits,
@@ -69,10 +70,10 @@ const TYPING_RATE: f64 = 2.0;
 const PUSH_BACKLOG: usize = 1024;
 
 impl ChatService {
-    /// A chat service over `backends`, delivering through `hub`.
+    /// A chat service over `backends`, delivering through `delivery`.
     pub fn new(
         backends: Backends,
-        hub: Arc<Hub>,
+        delivery: Arc<Delivery>,
         ids: Snowflake,
         rate: RateLimiter,
         limits: ChatLimits,
@@ -80,7 +81,7 @@ impl ChatService {
     ) -> Self {
         Self {
             backends,
-            hub,
+            delivery,
             ids,
             rate,
             limits,
@@ -107,9 +108,14 @@ impl ChatService {
                 "sending too fast: slow down and retry in a moment",
             ));
         }
+        let Some(message_id) = self.ids.try_next_id() else {
+            return Err(Error::unavailable(
+                "this server holds no message id lease right now (registry unreachable): retry, or use another server",
+            ));
+        };
         let new = NewMessage {
             conversation,
-            message_id: self.ids.next_id(),
+            message_id,
             sender: caller.user,
             sender_device: caller.device,
             client_msg_id,
@@ -125,7 +131,7 @@ impl ChatService {
             return Ok(appended.message);
         }
         self.metrics.messages_sent.inc();
-        self.fan_out(caller, &members, &appended.message);
+        self.fan_out(caller, &members, &appended.message).await;
         Ok(appended.message)
     }
 
@@ -153,19 +159,17 @@ impl ChatService {
     }
 
     /// Offers the message to every live session of every member (except the sending
-    /// device), then hands members with no live session to push, off the sender's path.
-    fn fan_out(&self, caller: AuthContext, members: &[UserId], message: &Message) {
+    /// device), then hands members with no live session anywhere to push, off the sender's
+    /// path.
+    async fn fan_out(&self, caller: AuthContext, members: &[UserId], message: &Message) {
         let event = Arc::new(ServerEvent {
             event: Some(Event::Message(message.clone())),
         });
-        let mut offline = Vec::new();
-        for &member in members {
-            let skip = (member == caller.user).then_some(caller.device);
-            let delivered = self.hub.deliver(member, skip, &event);
-            if member != caller.user && delivered == 0 && !self.hub.is_connected(member) {
-                offline.push(member);
-            }
-        }
+        let mut offline = self
+            .delivery
+            .to_users(members, Some(caller.device), &event)
+            .await;
+        offline.retain(|u| *u != caller.user);
         if offline.is_empty() {
             return;
         }
@@ -298,13 +302,9 @@ impl ChatService {
                 seq: read,
             })),
         });
-        for member in members {
-            self.hub.deliver(
-                member,
-                (member == caller.user).then_some(caller.device),
-                &event,
-            );
-        }
+        self.delivery
+            .to_users(&members, Some(caller.device), &event)
+            .await;
         Ok(read)
     }
 
@@ -324,9 +324,8 @@ impl ChatService {
                 user_id: caller.user.0,
             })),
         });
-        for member in members.into_iter().filter(|m| *m != caller.user) {
-            self.hub.deliver(member, None, &event);
-        }
+        let others: Vec<UserId> = members.into_iter().filter(|m| *m != caller.user).collect();
+        self.delivery.to_users(&others, None, &event).await;
         Ok(())
     }
 

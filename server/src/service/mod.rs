@@ -3,6 +3,7 @@
 
 pub mod accounts;
 pub mod chat;
+pub mod delivery;
 pub mod groups;
 pub mod people;
 pub mod presence;

@@ -4,9 +4,13 @@
 //! stream activity refresh a user's `last_active`; nothing is written per heartbeat. A user
 //! goes offline when nothing was heard for `offline_after`, or `heartbeat_interval` after
 //! their last stream closed with nothing heard since (a quick reconnect does not flap).
-//! Transitions are queued to one fan-out task, which sends a `PresenceEvent` to the user's
-//! friends only (their live sessions and WatchPresence streams), and to nobody while the user
-//! has `presence_visible` off (turning it off announces "offline").
+//! Transitions are queued to one fan-out task, which records them in the shared
+//! [`PresenceStore`](crate::backend::PresenceStore) (only state changes, and one TTL refresh per third of `offline_after` for
+//! everyone live here: never per heartbeat) and, when the user's state changed across the
+//! whole cluster, sends a `PresenceEvent` to the user's friends only (their live sessions and
+//! WatchPresence streams, on every server), and to nobody while the user has
+//! `presence_visible` off (turning it off announces "offline"). The same task records which
+//! users have streams on this server (the routes messages follow).
 
 use std::{
     collections::{HashMap, HashSet},
@@ -17,7 +21,7 @@ use std::{
     time::Duration,
 };
 
-use daehwa::v1::{PresenceEvent, PresenceStatus, ServerEvent, server_event::Event};
+use daehwa::v1::{PresenceEvent, PresenceStatus};
 use tokio::{sync::mpsc, time::Instant};
 use tokio_util::sync::CancellationToken;
 
@@ -26,7 +30,8 @@ use crate::{
     backend::Directory,
     error::{Error, Result},
     ids::UserId,
-    session::{Hub, hub::SessionObserver},
+    service::delivery::{Delivery, PresenceListener},
+    session::hub::SessionObserver,
 };
 
 /// Transitions waiting for fan-out before new ones are dropped (state stays right; only the
@@ -42,14 +47,38 @@ struct UserPresence {
     last_stream_closed: Option<Instant>,
 }
 
-/// A transition to announce.
+/// A transition to record and announce.
 #[derive(Debug, Clone, Copy)]
 struct Change {
     user: UserId,
-    online: bool,
-    last_active_ms: i64,
-    /// Announce even though the user hides presence (they just turned it off).
-    hiding: bool,
+    kind: ChangeKind,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum ChangeKind {
+    /// The user became live or silent on this server.
+    Presence {
+        online: bool,
+        last_active_ms: i64,
+        /// The user turned `presence_visible` on or off: friends hear it as online/offline
+        /// (hiding carries no last-active time); the shared state is not touched.
+        visibility: bool,
+    },
+    /// The user's first stream here opened (`true`) or their last one closed.
+    Route { connected: bool },
+}
+
+/// Presence timing and limits.
+#[derive(Debug, Clone, Copy)]
+pub struct PresenceSettings {
+    /// Silence after which a user is offline; also the TTL of shared entries.
+    pub offline_after: Duration,
+    /// How often clients beat; the grace before a user whose last stream closed is offline.
+    pub heartbeat_interval: Duration,
+    /// Events queued per WatchPresence stream.
+    pub watcher_capacity: usize,
+    /// WatchPresence streams per user.
+    pub max_watchers_per_user: usize,
 }
 
 /// One WatchPresence stream.
@@ -93,7 +122,7 @@ impl Drop for WatchHandle {
 /// Presence state and its fan-out.
 pub struct PresenceService {
     directory: Arc<dyn Directory>,
-    hub: Arc<Hub>,
+    delivery: Arc<Delivery>,
     offline_after: Duration,
     reconnect_grace: Duration,
     users: Mutex<HashMap<UserId, UserPresence>>,
@@ -106,33 +135,34 @@ pub struct PresenceService {
 }
 
 impl PresenceService {
-    /// Starts the service with its sweeper and fan-out tasks; both stop on `shutdown`.
+    /// Starts the service with its sweeper, refresher and fan-out tasks; they stop on
+    /// `shutdown`. It observes the sessions of `delivery`'s hub.
     pub fn start(
         directory: Arc<dyn Directory>,
-        hub: Arc<Hub>,
-        offline_after: Duration,
-        heartbeat_interval: Duration,
-        watcher_capacity: usize,
-        max_watchers_per_user: usize,
+        delivery: Arc<Delivery>,
+        settings: PresenceSettings,
         shutdown: CancellationToken,
     ) -> Arc<Self> {
         let (changes, rx) = mpsc::channel(CHANGE_QUEUE);
         let service = Arc::new(Self {
             directory,
-            hub: hub.clone(),
-            offline_after,
-            reconnect_grace: heartbeat_interval,
+            delivery: delivery.clone(),
+            offline_after: settings.offline_after,
+            reconnect_grace: settings.heartbeat_interval,
             users: Mutex::default(),
             changes,
             watchers: Mutex::default(),
             next_watcher: AtomicU64::new(1),
-            watcher_capacity,
-            max_watchers_per_user,
+            watcher_capacity: settings.watcher_capacity,
+            max_watchers_per_user: settings.max_watchers_per_user,
             closing: CancellationToken::new(),
         });
-        hub.set_observer(Arc::new(StreamObserver(Arc::downgrade(&service))));
+        delivery
+            .hub()
+            .set_observer(Arc::new(StreamObserver(Arc::downgrade(&service))));
         tokio::spawn(service.clone().fan_out(rx, shutdown.clone()));
-        tokio::spawn(service.clone().sweep_loop(shutdown));
+        tokio::spawn(service.clone().sweep_loop(shutdown.clone()));
+        tokio::spawn(service.clone().refresh_loop(shutdown));
         service
     }
 
@@ -151,12 +181,7 @@ impl PresenceService {
         entry.last_active_ms = now_ms();
         if !entry.online {
             entry.online = true;
-            self.announce(Change {
-                user,
-                online: true,
-                last_active_ms: entry.last_active_ms,
-                hiding: false,
-            });
+            self.announce(user, true, entry.last_active_ms, false);
         }
     }
 
@@ -168,12 +193,7 @@ impl PresenceService {
         let mut users = self.lock_users();
         if let Some(entry) = users.get_mut(&user).filter(|e| e.online) {
             entry.online = false;
-            self.announce(Change {
-                user,
-                online: false,
-                last_active_ms: entry.last_active_ms,
-                hiding: false,
-            });
+            self.announce(user, false, entry.last_active_ms, false);
         }
     }
 
@@ -181,12 +201,7 @@ impl PresenceService {
     pub fn visibility_changed(&self, user: UserId, visible: bool) {
         let users = self.lock_users();
         if let Some(entry) = users.get(&user).filter(|e| e.online) {
-            self.announce(Change {
-                user,
-                online: visible,
-                last_active_ms: entry.last_active_ms,
-                hiding: !visible,
-            });
+            self.announce(user, visible, entry.last_active_ms, true);
         }
     }
 
@@ -213,33 +228,37 @@ impl PresenceService {
     }
 
     /// Presence of `ids`, who must be `viewer` or friends of `viewer` (unchecked here).
+    /// Presence as this server knows it (live here) merged with the shared store (live on
+    /// another server, or last seen anywhere).
     async fn visible_presence(&self, viewer: UserId, ids: &[UserId]) -> Result<Vec<PresenceEvent>> {
+        let shared = self.delivery.store().lookup(ids).await?;
         let mut out = Vec::with_capacity(ids.len());
-        for &id in ids {
+        for (&id, shared) in ids.iter().zip(shared) {
             let visible = id == viewer || self.directory.settings(id).await?.presence_visible;
-            out.push(self.snapshot(id, visible));
+            let local = self.lock_users().get(&id).copied();
+            let online = shared.online || local.is_some_and(|l| l.online);
+            let last_active_ms = shared
+                .last_active_ms
+                .max(local.map_or(0, |l| l.last_active_ms));
+            out.push(if visible && last_active_ms > 0 {
+                PresenceEvent {
+                    user_id: id.0,
+                    status: if online {
+                        PresenceStatus::Online
+                    } else {
+                        PresenceStatus::Offline
+                    } as i32,
+                    last_active_at: Some(timestamp(last_active_ms)),
+                }
+            } else {
+                PresenceEvent {
+                    user_id: id.0,
+                    status: PresenceStatus::Offline as i32,
+                    last_active_at: None,
+                }
+            });
         }
         Ok(out)
-    }
-
-    fn snapshot(&self, user: UserId, visible: bool) -> PresenceEvent {
-        let state = self.lock_users().get(&user).copied();
-        match state {
-            Some(s) if visible => PresenceEvent {
-                user_id: user.0,
-                status: if s.online {
-                    PresenceStatus::Online
-                } else {
-                    PresenceStatus::Offline
-                } as i32,
-                last_active_at: Some(timestamp(s.last_active_ms)),
-            },
-            _ => PresenceEvent {
-                user_id: user.0,
-                status: PresenceStatus::Offline as i32,
-                last_active_at: None,
-            },
-        }
     }
 
     /// Subscribes `viewer` to presence changes of `ids` (empty: all friends, present and
@@ -296,9 +315,20 @@ impl PresenceService {
         self.closing.cancel();
     }
 
-    fn announce(&self, change: Change) {
+    fn announce(&self, user: UserId, online: bool, last_active_ms: i64, visibility: bool) {
+        self.queue(Change {
+            user,
+            kind: ChangeKind::Presence {
+                online,
+                last_active_ms,
+                visibility,
+            },
+        });
+    }
+
+    fn queue(&self, change: Change) {
         if self.changes.try_send(change).is_err() {
-            tracing::warn!(user_id = %change.user, "presence change queue full: transition not announced");
+            tracing::warn!(user_id = %change.user, "presence change queue full: transition not recorded");
         }
     }
 
@@ -314,41 +344,95 @@ impl PresenceService {
         }
     }
 
+    /// Records a change in the shared store and, when the user's state changed across the
+    /// cluster, tells their friends.
     async fn deliver_change(&self, change: Change) -> Result<()> {
-        if !change.hiding && !self.directory.settings(change.user).await?.presence_visible {
-            return Ok(());
+        let store = self.delivery.store();
+        let server = self.delivery.server_id();
+        let user = change.user;
+        let (online, last_active_ms, visibility) = match change.kind {
+            ChangeKind::Route { connected: true } => {
+                return store.add_route(server, user, self.offline_after).await;
+            }
+            ChangeKind::Route { connected: false } => {
+                return store.remove_route(server, user).await;
+            }
+            ChangeKind::Presence {
+                online,
+                last_active_ms,
+                visibility,
+            } => (online, last_active_ms, visibility),
+        };
+        if !visibility {
+            let changed_everywhere = if online {
+                store
+                    .set_live(server, user, last_active_ms, self.offline_after)
+                    .await?
+            } else {
+                store.clear_live(server, user, last_active_ms).await?
+            };
+            if !changed_everywhere || !self.directory.settings(user).await?.presence_visible {
+                return Ok(());
+            }
         }
         let event = PresenceEvent {
-            user_id: change.user.0,
-            status: if change.online {
+            user_id: user.0,
+            status: if online {
                 PresenceStatus::Online
             } else {
                 PresenceStatus::Offline
             } as i32,
-            last_active_at: (!change.hiding).then(|| timestamp(change.last_active_ms)),
+            last_active_at: (online || !visibility).then(|| timestamp(last_active_ms)),
         };
-        let friends = self.directory.friend_ids(change.user).await?;
-        let server_event = Arc::new(ServerEvent {
-            event: Some(Event::Presence(event)),
-        });
-        for friend in &friends {
-            self.hub.deliver(*friend, None, &server_event);
-        }
-        let watchers = self.watchers.lock().unwrap_or_else(|p| p.into_inner());
-        for friend in &friends {
-            for w in watchers.get(friend).into_iter().flatten() {
-                if w.only
-                    .as_ref()
-                    .is_some_and(|only| !only.contains(&change.user))
-                {
-                    continue;
-                }
-                if let Err(mpsc::error::TrySendError::Full(_)) = w.tx.try_send(event) {
-                    w.too_slow.cancel();
-                }
+        let friends = self.directory.friend_ids(user).await?;
+        self.delivery
+            .presence_to_friends(&friends, event, self)
+            .await;
+        Ok(())
+    }
+
+    /// Renews the shared entries of everyone live or connected here, every third of
+    /// `offline_after`: the only periodic write, whatever the heartbeat rate.
+    async fn refresh_loop(self: Arc<Self>, shutdown: CancellationToken) {
+        let mut interval = tokio::time::interval(self.offline_after / 3);
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        interval.tick().await;
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                _ = interval.tick() => {}
+            }
+            let (live, routed): (Vec<(UserId, i64)>, Vec<UserId>) = {
+                let users = self.lock_users();
+                (
+                    users
+                        .iter()
+                        .filter(|(_, p)| p.online)
+                        .map(|(u, p)| (*u, p.last_active_ms))
+                        .collect(),
+                    users
+                        .iter()
+                        .filter(|(_, p)| p.streams > 0)
+                        .map(|(u, _)| *u)
+                        .collect(),
+                )
+            };
+            if live.is_empty() && routed.is_empty() {
+                continue;
+            }
+            let store = self.delivery.store();
+            if let Err(e) = store
+                .refresh(
+                    self.delivery.server_id(),
+                    &live,
+                    &routed,
+                    self.offline_after,
+                )
+                .await
+            {
+                tracing::warn!(error = %e, "cannot refresh shared presence");
             }
         }
-        Ok(())
     }
 
     async fn sweep_loop(self: Arc<Self>, shutdown: CancellationToken) {
@@ -375,17 +459,14 @@ impl PresenceService {
                 });
             if silent || left {
                 p.online = false;
-                self.announce(Change {
-                    user: *user,
-                    online: false,
-                    last_active_ms: p.last_active_ms,
-                    hiding: false,
-                });
+                self.announce(*user, false, p.last_active_ms, false);
             }
         }
         // Forget users offline for long; bounded memory. Their last-active time is lost.
         users.retain(|_, p| {
-            p.online || now.duration_since(p.last_active) < Duration::from_secs(24 * 3600)
+            p.online
+                || p.streams > 0
+                || now.duration_since(p.last_active) < Duration::from_secs(24 * 3600)
         });
     }
 
@@ -403,17 +484,24 @@ impl SessionObserver for StreamObserver {
         let Some(service) = self.0.upgrade() else {
             return;
         };
-        service
-            .lock_users()
-            .entry(user)
-            .or_insert(UserPresence {
+        let first = {
+            let mut users = service.lock_users();
+            let entry = users.entry(user).or_insert(UserPresence {
                 online: false,
                 last_active: Instant::now(),
                 last_active_ms: now_ms(),
                 streams: 0,
                 last_stream_closed: None,
-            })
-            .streams += 1;
+            });
+            entry.streams += 1;
+            entry.streams == 1
+        };
+        if first {
+            service.queue(Change {
+                user,
+                kind: ChangeKind::Route { connected: true },
+            });
+        }
         service.touch(user);
     }
 
@@ -426,6 +514,28 @@ impl SessionObserver for StreamObserver {
             p.streams = remaining;
             if remaining == 0 {
                 p.last_stream_closed = Some(Instant::now());
+                service.queue(Change {
+                    user,
+                    kind: ChangeKind::Route { connected: false },
+                });
+            }
+        }
+    }
+}
+
+impl PresenceListener for PresenceService {
+    /// Offers a friend's presence event to the WatchPresence streams of `friends` held here.
+    fn presence_arrived(&self, friends: &[UserId], event: &PresenceEvent) {
+        let subject = UserId(event.user_id);
+        let watchers = self.watchers.lock().unwrap_or_else(|p| p.into_inner());
+        for friend in friends {
+            for w in watchers.get(friend).into_iter().flatten() {
+                if w.only.as_ref().is_some_and(|only| !only.contains(&subject)) {
+                    continue;
+                }
+                if let Err(mpsc::error::TrySendError::Full(_)) = w.tx.try_send(*event) {
+                    w.too_slow.cancel();
+                }
             }
         }
     }

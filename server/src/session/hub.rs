@@ -38,6 +38,9 @@ pub enum CloseReason {
     Invalid,
     /// The client sent an event larger than the request size limit.
     TooLarge,
+    /// Events for this session may have been lost between servers (the bus was
+    /// interrupted): the client must reconnect and sync.
+    Resync,
 }
 
 impl CloseReason {
@@ -53,6 +56,9 @@ impl CloseReason {
                 Status::resource_exhausted("client event larger than the size limit: stream closed")
             }
             Self::Invalid => Status::invalid_argument("malformed client event: stream closed"),
+            Self::Resync => Status::unavailable(
+                "live delivery between servers was interrupted: reconnect and sync",
+            ),
         }
     }
 }
@@ -292,6 +298,18 @@ impl Hub {
             sessions.values().flatten().cloned().collect()
         };
         all.iter().for_each(|s| s.close(reason));
+    }
+
+    /// Closes every stream but keeps accepting new ones (the bus lost events: clients
+    /// reconnect and sync).
+    pub fn disconnect_all(&self, reason: CloseReason) {
+        let all: Vec<Arc<Session>> = self.lock().values().flatten().cloned().collect();
+        all.iter().for_each(|s| s.close(reason));
+    }
+
+    /// The users with at least one stream here.
+    pub fn connected_users(&self) -> Vec<UserId> {
+        self.lock().keys().copied().collect()
     }
 
     /// Live streams on this server.

@@ -6,18 +6,21 @@ use std::{sync::Arc, time::Duration};
 use daehwa::v1::{PresenceEvent, PresenceStatus};
 use tokio_util::sync::CancellationToken;
 
-use super::PresenceService;
+use super::{PresenceService, PresenceSettings};
 use crate::{
     backend::{
         Directory,
+        bus::LocalBus,
         directory::{
             DeviceRecord, GroupRecord, ProfileUpdate, RefreshOutcome, Relation, RelationRecord,
             UserRecord, UserSettings,
         },
+        presence_store::MemoryPresenceStore,
     },
     error::Result,
     ids::{DeviceId, GroupId, UserId},
     metrics::Metrics,
+    service::delivery::Delivery,
     session::Hub,
 };
 
@@ -133,15 +136,26 @@ struct Fixture {
 /// Alice and Bob are friends; presence runs on a paused clock.
 async fn fixture() -> Fixture {
     let (directory, alice, bob) = (Arc::new(TwoFriends), ALICE, BOB);
-    let hub = Hub::new(16, 64, Metrics::new());
+    let metrics = Metrics::new();
+    let hub = Hub::new(16, 64, metrics.clone());
+    let delivery = Arc::new(Delivery::new(
+        "test".to_owned(),
+        hub.clone(),
+        Arc::new(MemoryPresenceStore::new()),
+        Arc::new(LocalBus::new()),
+        false,
+        metrics,
+    ));
     let stop = CancellationToken::new();
     let presence = PresenceService::start(
         directory,
-        hub.clone(),
-        OFFLINE_AFTER,
-        HEARTBEAT,
-        64,
-        4,
+        delivery,
+        PresenceSettings {
+            offline_after: OFFLINE_AFTER,
+            heartbeat_interval: HEARTBEAT,
+            watcher_capacity: 64,
+            max_watchers_per_user: 4,
+        },
         stop.clone(),
     );
     Fixture {
