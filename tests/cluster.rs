@@ -409,7 +409,8 @@ async fn redis_restart_while_messages_flow_loses_nothing_acknowledged() {
     let cluster = Cluster::start(&[("chat-a", 0), ("chat-b", 0)]).await;
     let alice = cluster.user_on("alice", "chat-a").await;
     let bob = cluster.user_on("bob", "chat-b").await;
-    befriend(&cluster.at_api(&alice).await, &cluster.at_api(&bob).await).await;
+    let bob_api = cluster.at_api(&bob).await;
+    befriend(&cluster.at_api(&alice).await, &bob_api).await;
     let dm = alice.dm_with(&bob);
     let mut bob_stream = bob.connect().await;
     let warm_up = alice.send_text(&dm, "warm-up").await;
@@ -433,6 +434,16 @@ async fn redis_restart_while_messages_flow_loses_nothing_acknowledged() {
         received.push(bob_stream.next_message().await);
     }
     cluster.redis.stop();
+    // With Redis down, what needs it answers UNAVAILABLE (retryable) and says why.
+    let status = bob_api
+        .presence()
+        .get_presence(GetPresenceRequest {
+            user_ids: vec![alice.user_id],
+        })
+        .await
+        .expect_err("GetPresence without Redis");
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert!(status.message().contains("Redis"), "{status:?}");
     cluster.redis.restart();
     let mut acked = sender.await.expect("sender: every send acknowledged");
     acked.insert(warm_up.message_id);

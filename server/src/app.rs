@@ -38,6 +38,7 @@ use crate::{
         redis::{RedisBus, RedisPresenceStore},
         registry::{ServerInfo, StaticRegistry},
         sqlite::SqliteDirectory,
+        tikv::TikvMessageStore,
         webhook::{WebhookConfig, WebhookPush},
     },
     config::{Config, DirectoryBackend, StoreBackend},
@@ -86,9 +87,11 @@ pub async fn open_backends(config: &Config) -> anyhow::Result<Backends> {
                 .await
                 .map_err(|e| anyhow::anyhow!("cannot open message store: {e}"))?,
         ),
-        StoreBackend::Tikv(_) => {
-            return Err(anyhow::anyhow!("TiKV message store not built in yet"));
-        }
+        StoreBackend::Tikv(endpoints) => Arc::new(
+            TikvMessageStore::connect(endpoints)
+                .await
+                .map_err(|e| anyhow::anyhow!("cannot open message store: {e}"))?,
+        ),
     };
     let push: Arc<dyn Push> = match &config.push_webhook_url {
         Some(url) => {

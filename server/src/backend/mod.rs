@@ -4,6 +4,7 @@
 //! |---|---|---|
 //! | accounts, devices, friends, groups | [`Directory`] | SQLite ([`sqlite`]) |
 //! | message log, per-conversation seq, read positions | [`MessageStore`] | redb ([`embedded`]) |
+//! | message log shared by a cluster of servers | [`MessageStore`] | - (PostgreSQL: [`postgres`]; TiKV: [`tikv`]) |
 //! | notifications for offline users | [`Push`] | webhook ([`webhook`]) or none |
 //! | who is online, on which server | [`PresenceStore`] | memory; Redis ([`redis`]) |
 //! | envelopes between chat servers | [`Bus`] | in process; Redis ([`redis`]) |
@@ -23,6 +24,7 @@ pub mod push;
 pub mod redis;
 pub mod registry;
 pub mod sqlite;
+pub mod tikv;
 pub mod webhook;
 
 use std::sync::Arc;
