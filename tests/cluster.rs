@@ -8,229 +8,17 @@ mod common;
 
 use std::{
     collections::{BTreeMap, HashSet},
-    path::PathBuf,
-    sync::Arc,
     time::Duration,
 };
 
-use common::{Chatd, LiveStream, TestUser, WAIT, befriend, channel, eventually, text_of};
-use daehwa::v1::{
-    self, GetChatServerRequest, GetPresenceRequest, Message, PresenceStatus, SyncMessagesRequest,
-    client_event, server_event::Event,
+use common::{
+    LiveStream, TestUser, WAIT, befriend,
+    cluster::{Cluster, assert_complete, discover, on_server, sync_all},
+    eventually, text_of,
 };
-use daehwa_server::backend::{
-    etcd::test_server::EtcdServer, postgres::test_server::PgServer, redis::test_server::RedisServer,
-};
+use daehwa::v1::{self, GetPresenceRequest, PresenceStatus, client_event, server_event::Event};
+use daehwa_server::backend::redis::test_server::RedisServer;
 use tonic::Code;
-
-/// The engines and servers of one test cluster.
-struct Cluster {
-    etcd: EtcdServer,
-    redis: RedisServer,
-    _pg: Arc<PgServer>,
-    database: String,
-    dir: tempfile::TempDir,
-    key_file: PathBuf,
-    api: Chatd,
-    chat: BTreeMap<String, Chatd>,
-}
-
-impl Cluster {
-    /// etcd + Redis + a PostgreSQL database, one api server and a chat server per
-    /// `(server id, id clock offset ms)`.
-    async fn start(chat_servers: &[(&str, i64)]) -> Self {
-        let etcd = EtcdServer::start();
-        let redis = RedisServer::start();
-        let pg = PgServer::shared();
-        let database = pg.create_database().await;
-        let dir = tempfile::tempdir().expect("temp dir");
-        let key_file = dir.path().join("signing.key");
-        let mut cluster = Self {
-            api: Chatd::spawn(
-                &dir.path().join("api"),
-                &Self::args_for(
-                    &etcd,
-                    &redis,
-                    &database,
-                    &key_file,
-                    "api-1",
-                    "api,presence",
-                    0,
-                )
-                .iter()
-                .map(String::as_str)
-                .collect::<Vec<_>>(),
-            )
-            .await,
-            etcd,
-            redis,
-            _pg: pg,
-            database,
-            dir,
-            key_file,
-            chat: BTreeMap::new(),
-        };
-        for (id, offset) in chat_servers {
-            cluster.start_chat(id, *offset).await;
-        }
-        cluster.wait_for_chat_servers(chat_servers.len()).await;
-        cluster
-    }
-
-    fn args_for(
-        etcd: &EtcdServer,
-        redis: &RedisServer,
-        database: &str,
-        key_file: &std::path::Path,
-        server_id: &str,
-        roles: &str,
-        clock_offset_ms: i64,
-    ) -> Vec<String> {
-        [
-            "--directory",
-            database,
-            "--store",
-            database,
-            "--presence",
-            &redis.url(),
-            "--bus",
-            &redis.url(),
-            "--registry",
-            &etcd.url(),
-            "--registry-lease-ttl",
-            "2s",
-            "--signing-key-file",
-            key_file.to_str().expect("utf-8 path"),
-            "--server-id",
-            server_id,
-            "--roles",
-            roles,
-            "--offline-after",
-            "3s",
-            "--heartbeat-interval",
-            "1s",
-            "--send-rate",
-            "1000",
-            "--send-burst",
-            "1000",
-            &format!("--id-clock-offset-ms={clock_offset_ms}"),
-        ]
-        .iter()
-        .map(|s| (*s).to_owned())
-        .collect()
-    }
-
-    async fn start_chat(&mut self, id: &str, clock_offset_ms: i64) {
-        let args = Self::args_for(
-            &self.etcd,
-            &self.redis,
-            &self.database,
-            &self.key_file,
-            id,
-            "chat",
-            clock_offset_ms,
-        );
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let server = Chatd::spawn(&self.dir.path().join(id), &args).await;
-        self.chat.insert(id.to_owned(), server);
-    }
-
-    /// Waits until Discovery lists `n` chat servers.
-    async fn wait_for_chat_servers(&self, n: usize) {
-        let probe = TestUser::sign_up(&self.api.url(), &common::unique_name("probe")).await;
-        eventually(&format!("{n} chat servers in Discovery"), || {
-            let probe = probe.clone();
-            async move {
-                let listed = probe
-                    .discovery()
-                    .list_chat_servers(v1::ListChatServersRequest {})
-                    .await
-                    .ok()?
-                    .into_inner()
-                    .servers;
-                (listed.len() == n).then_some(())
-            }
-        })
-        .await;
-    }
-
-    /// The same device talking to the api server (Auth, User, Group, Presence, Discovery).
-    async fn at_api(&self, user: &TestUser) -> TestUser {
-        on_server(user, &self.api.addr.to_string()).await
-    }
-
-    /// Signs up a user (on the api server) who Discovery sends to chat server `server_id`;
-    /// returns them with their client pointed at that server.
-    async fn user_on(&self, prefix: &str, server_id: &str) -> TestUser {
-        for _ in 0..64 {
-            let user = TestUser::sign_up(&self.api.url(), &common::unique_name(prefix)).await;
-            let answer = discover(&user).await;
-            if answer.server_id == server_id {
-                return on_server(&user, &answer.grpc_endpoint).await;
-            }
-        }
-        panic!("Discovery never sent any of 64 new users to {server_id}");
-    }
-}
-
-/// Discovery's answer for `user`, asked at the api server.
-async fn discover(user: &TestUser) -> v1::GetChatServerResponse {
-    user.discovery()
-        .get_chat_server(GetChatServerRequest {})
-        .await
-        .expect("GetChatServer")
-        .into_inner()
-}
-
-/// The same device, talking to another server.
-async fn on_server(user: &TestUser, endpoint: &str) -> TestUser {
-    let url = format!("http://{endpoint}");
-    TestUser {
-        channel: channel(&url).await,
-        url,
-        ..user.clone()
-    }
-}
-
-/// Everything in `conversation` after `after`, through SyncMessages pages.
-async fn sync_all(user: &TestUser, conversation: &str, mut after: u64) -> Vec<Message> {
-    let mut out = Vec::new();
-    loop {
-        let page = user
-            .chat()
-            .sync_messages(SyncMessagesRequest {
-                cursors: vec![v1::Cursor {
-                    conversation_id: conversation.to_owned(),
-                    after_seq: after,
-                }],
-                limit: 500,
-            })
-            .await
-            .expect("SyncMessages")
-            .into_inner();
-        if let Some(last) = page.messages.last() {
-            after = last.seq;
-        }
-        out.extend(page.messages);
-        if !page.has_more {
-            return out;
-        }
-    }
-}
-
-/// Asserts `messages` are seq 1..=n with no gap or duplicate, and contain every id in `acked`.
-fn assert_complete(messages: &[Message], acked: &HashSet<u64>) {
-    for (i, m) in messages.iter().enumerate() {
-        assert_eq!(m.seq, i as u64 + 1, "seq gap or duplicate at position {i}");
-    }
-    let stored: HashSet<u64> = messages.iter().map(|m| m.message_id).collect();
-    assert_eq!(stored.len(), messages.len(), "duplicate message ids");
-    let missing: Vec<&u64> = acked.iter().filter(|id| !stored.contains(id)).collect();
-    assert!(
-        missing.is_empty(),
-        "acknowledged messages missing: {missing:?}"
-    );
-}
 
 /// Users on different chat servers chat 1:1 and in a group and see each other's presence;
 /// then one chat server is killed with SIGKILL: its user asks Discovery again, lands on the
@@ -277,6 +65,33 @@ async fn users_on_different_servers_chat_and_survive_a_chat_server_kill() {
     })
     .await;
     assert!(seen.presences[0].last_active_at.is_some());
+
+    // Alice hides her presence at the api server (her stream is on chat-a): Bob, on chat-b,
+    // sees her go offline with no last-active time; showing it again brings her back.
+    for visible in [false, true] {
+        alice_api
+            .users()
+            .update_settings(v1::UpdateSettingsRequest {
+                settings: Some(v1::Settings {
+                    notifications_enabled: true,
+                    presence_visible: visible,
+                }),
+            })
+            .await
+            .expect("UpdateSettings");
+        let want = if visible {
+            PresenceStatus::Online
+        } else {
+            PresenceStatus::Offline
+        } as i32;
+        let event = bob_stream
+            .next_matching(|e| match e {
+                Event::Presence(p) if p.user_id == alice.user_id && p.status == want => Some(p),
+                _ => None,
+            })
+            .await;
+        assert_eq!(event.last_active_at.is_some(), visible, "{event:?}");
+    }
 
     // 1:1 across servers, both ways, on the streams.
     let dm = alice.dm_with(&bob);

@@ -1,16 +1,20 @@
-//! The standalone `chat-gateway` binary in front of a chat server: WebSocket, gRPC-web and
-//! long polling reach the upstream; when the chat server dies, sockets are told (1012), and
-//! after it is back, clients reconnect through the gateway and lose nothing acknowledged.
+//! The standalone `chat-gateway` binary in front of a chat server, and in front of a cluster:
+//! WebSocket, gRPC-web and long polling reach the user's chat server; when it dies, sockets
+//! are told, and clients reconnect through the gateway (to the restarted server, or where
+//! Discovery sends them) and lose nothing acknowledged.
 
 mod common;
 
-use std::process::Stdio;
+use std::{collections::HashSet, process::Stdio};
 
 use common::{
-    TestServer, TestUser, WAIT, befriend, text_of,
+    TestServer, TestUser, WAIT, befriend,
+    cluster::{Cluster, assert_complete, discover, sync_all},
+    text_of,
     ws::{close_code, decode, next_frame, open_url},
 };
 use daehwa::v1::{self, server_event::Event};
+use futures::StreamExt;
 use tokio::io::AsyncBufReadExt;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
@@ -138,4 +142,82 @@ async fn a_standalone_gateway_serves_sessions_and_survives_its_chat_server_resta
         .into_inner();
     assert_eq!(me.user.unwrap().user_id, bob.user_id);
     server.stop().await.unwrap();
+}
+
+/// A gateway in front of a cluster (`--upstream` is the api server): each WebSocket session
+/// goes to the chat server Discovery names for its user, chat calls are forwarded there too.
+/// When that chat server is killed (SIGKILL), the socket closes, the client reconnects through
+/// the same gateway, Discovery sends it to the live server, and nothing acknowledged is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_follows_discovery_to_a_live_chat_server() {
+    let mut cluster = Cluster::start(&[("chat-a", 0), ("chat-b", 0)]).await;
+    let gateway = Gateway::spawn(&cluster.api.url()).await;
+    let alice = cluster.user_on("alice", "chat-a").await;
+    let bob = cluster.user_on("bob", "chat-b").await;
+    befriend(&cluster.at_api(&alice).await, &cluster.at_api(&bob).await).await;
+    let dm = alice.dm_with(&bob);
+
+    let mut socket = open_url(&gateway.ws(&bob), "daehwa.v1.proto").await;
+    let Event::Ready(_) = decode(next_frame(&mut socket).await) else {
+        panic!("ready first")
+    };
+    let mut acked = HashSet::new();
+    let first = alice.send_text(&dm, "to bob on chat-b").await;
+    acked.insert(first.message_id);
+    let Event::Message(got) = decode(next_frame(&mut socket).await) else {
+        panic!("message")
+    };
+    assert_eq!(got.message_id, first.message_id);
+
+    // Chat calls through the gateway reach Bob's chat server (the api server has no
+    // ChatService): gRPC here, and gRPC-web takes the same path.
+    let through_gateway = TestUser {
+        channel: common::channel(&format!("http://{}", gateway.addr)).await,
+        ..bob.clone()
+    };
+    assert_eq!(sync_all(&through_gateway, &dm, 0).await.len(), 1);
+
+    cluster.chat.remove("chat-b").expect("chat-b").kill9().await;
+    let code = close_code(&mut socket).await;
+    assert!(
+        matches!(code, CloseCode::Restart | CloseCode::Error),
+        "socket closed with {code:?}"
+    );
+    for i in 0..10 {
+        acked.insert(
+            alice
+                .send_text(&dm, &format!("while bob is away {i}"))
+                .await
+                .message_id,
+        );
+    }
+    let mut socket = common::eventually("bob to reconnect through the gateway", || {
+        let url = gateway.ws(&bob);
+        async move {
+            let request =
+                tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(url)
+                    .ok()?;
+            let (mut socket, _) = tokio_tungstenite::connect_async(request).await.ok()?;
+            match tokio::time::timeout(std::time::Duration::from_secs(2), socket.next()).await {
+                // Until Discovery moves Bob, the session fails upstream and the socket closes.
+                Ok(Some(Ok(frame @ tokio_tungstenite::tungstenite::Message::Binary(_)))) => {
+                    matches!(decode(frame), Event::Ready(_)).then_some(socket)
+                }
+                _ => None,
+            }
+        }
+    })
+    .await;
+    assert_eq!(
+        discover(&cluster.at_api(&bob).await).await.server_id,
+        "chat-a"
+    );
+    let synced = sync_all(&through_gateway, &dm, 0).await;
+    assert_complete(&synced, &acked);
+    assert_eq!(synced.len(), 11);
+    let live = alice.send_text(&dm, "live again").await;
+    let Event::Message(got) = decode(next_frame(&mut socket).await) else {
+        panic!("message")
+    };
+    assert_eq!(got.message_id, live.message_id);
 }

@@ -1,13 +1,13 @@
-//! `chat-gateway`: the gateway as its own process in front of a chat server, for when
-//! browsers' traffic should scale apart from the chat servers. (`chatd` embeds the same
-//! gateway by default.)
+//! `chat-gateway`: the gateway as its own process in front of a cluster (or one chat server),
+//! for when browsers' traffic should scale apart from the chat servers. (`chatd` embeds the
+//! same gateway by default.)
 
 use std::{sync::Arc, time::Duration};
 
 use clap::Parser;
 use daehwa_gateway::{
     GatewayConfig,
-    remote::{RemotePort, UpstreamProxy},
+    remote::{ChatServers, RemotePort, UpstreamProxy},
 };
 use tokio::{
     net::TcpListener,
@@ -27,7 +27,8 @@ struct Flags {
     /// Where to listen.
     #[arg(long, env = "DAEHWA_GATEWAY_LISTEN", default_value = "127.0.0.1:8080")]
     listen: std::net::SocketAddr,
-    /// The chat server's gRPC URL.
+    /// gRPC URL of a server with the api role (or of a single chatd). Each user's live
+    /// session goes to the chat server Discovery names for them there.
     #[arg(
         long,
         env = "DAEHWA_UPSTREAM",
@@ -56,9 +57,10 @@ async fn main() -> anyhow::Result<()> {
         allowed_origins: flags.allowed_origins,
         ..GatewayConfig::default()
     };
+    let servers = ChatServers::new(channel);
     let router = daehwa_gateway::router(
-        Arc::new(RemotePort::new(channel.clone())),
-        UpstreamProxy::new(channel),
+        Arc::new(RemotePort::new(servers.clone())),
+        UpstreamProxy::new(servers),
         &config,
     );
     let listener = TcpListener::bind(flags.listen)

@@ -10,6 +10,7 @@
 
 #![allow(dead_code)]
 
+pub mod cluster;
 pub mod durability;
 pub mod ws;
 

@@ -11,7 +11,8 @@
 //! | cluster membership, load, Snowflake worker ids | [`Registry`] | this server alone ([`registry::StaticRegistry`]); etcd ([`etcd`]) |
 //!
 //! Services see only the traits, through [`Backends`]. Every implementation must pass the
-//! conformance suite of its trait (`directory::conformance`, `message_store::conformance`).
+//! conformance suite of its trait (`directory::conformance`, `message_store::conformance`,
+//! `presence_store::conformance`, `bus::conformance`, `registry::conformance`).
 
 pub mod bus;
 pub mod directory;

@@ -172,9 +172,19 @@ pub(crate) fn mix64(mut z: u64) -> u64 {
     z ^ (z >> 31)
 }
 
+/// The behaviour every [`Registry`] must show; run by each implementation's tests.
+#[cfg(test)]
+pub mod conformance;
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn static_registry_passes_conformance() {
+        let registry = StaticRegistry::new(conformance::me("solo"), 5);
+        conformance::run_all(&registry, "solo").await;
+    }
 
     fn server(id: &str, connections: u64) -> ServerInfo {
         ServerInfo {

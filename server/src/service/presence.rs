@@ -197,12 +197,11 @@ impl PresenceService {
         }
     }
 
-    /// The user changed `presence_visible`: friends see them appear or disappear.
+    /// The user changed `presence_visible`: if they are online (on any server), friends see
+    /// them appear or disappear.
     pub fn visibility_changed(&self, user: UserId, visible: bool) {
-        let users = self.lock_users();
-        if let Some(entry) = users.get(&user).filter(|e| e.online) {
-            self.announce(user, visible, entry.last_active_ms, true);
-        }
+        let last_active_ms = self.lock_users().get(&user).map_or(0, |e| e.last_active_ms);
+        self.announce(user, visible, last_active_ms, true);
     }
 
     /// Presence of `ids` as `viewer` may see it: friends (and oneself) only.
@@ -350,7 +349,7 @@ impl PresenceService {
         let store = self.delivery.store();
         let server = self.delivery.server_id();
         let user = change.user;
-        let (online, last_active_ms, visibility) = match change.kind {
+        let (online, mut last_active_ms, visibility) = match change.kind {
             ChangeKind::Route { connected: true } => {
                 return store.add_route(server, user, self.offline_after).await;
             }
@@ -374,6 +373,14 @@ impl PresenceService {
             if !changed_everywhere || !self.directory.settings(user).await?.presence_visible {
                 return Ok(());
             }
+        } else {
+            // Only a user online somewhere appears or disappears.
+            let shared = store.lookup(&[user]).await?[0];
+            let online_here = self.lock_users().get(&user).is_some_and(|e| e.online);
+            if !shared.online && !online_here {
+                return Ok(());
+            }
+            last_active_ms = last_active_ms.max(shared.last_active_ms);
         }
         let event = PresenceEvent {
             user_id: user.0,

@@ -382,3 +382,16 @@ async fn an_etcd_outage_fences_the_worker_id_and_the_registry_recovers() {
     a.leave().await;
     b.leave().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_registry_passes_conformance() {
+    let etcd = EtcdServer::start();
+    let registry = EtcdRegistry::join(
+        vec![etcd.endpoint()],
+        crate::backend::registry::conformance::me("conformance-1"),
+        options(2),
+    )
+    .await
+    .expect("join");
+    crate::backend::registry::conformance::run_all(registry.as_ref(), "conformance-1").await;
+}
