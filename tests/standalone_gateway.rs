@@ -25,9 +25,11 @@ struct Gateway {
 }
 
 impl Gateway {
-    async fn spawn(upstream: &str) -> Self {
+    /// `chat-gateway --listen 127.0.0.1:0` with `args` (`--upstream URL` or `--registry URL`).
+    async fn spawn(args: &[&str]) -> Self {
         let mut child = tokio::process::Command::new(common::workspace_binary("chat-gateway"))
-            .args(["--listen", "127.0.0.1:0", "--upstream", upstream])
+            .args(["--listen", "127.0.0.1:0"])
+            .args(args)
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")
             .stdout(Stdio::piped())
@@ -74,7 +76,7 @@ async fn a_standalone_gateway_serves_sessions_and_survives_its_chat_server_resta
     let dir = tempfile::tempdir().unwrap();
     let config = daehwa_server::Config::for_tests(dir.path());
     let server = TestServer::start_in(config.clone()).await;
-    let gateway = Gateway::spawn(&server.url()).await;
+    let gateway = Gateway::spawn(&["--upstream", &server.url()]).await;
     let alice = server.user("alice").await;
     let bob = server.user("bob").await;
     befriend(&alice, &bob).await;
@@ -144,14 +146,15 @@ async fn a_standalone_gateway_serves_sessions_and_survives_its_chat_server_resta
     server.stop().await.unwrap();
 }
 
-/// A gateway in front of a cluster (`--upstream` is the api server): each WebSocket session
-/// goes to the chat server Discovery names for its user, chat calls are forwarded there too.
+/// A gateway in front of a cluster, finding the api servers in the registry (etcd): each
+/// WebSocket session goes to the chat server Discovery names for its user, chat calls are
+/// forwarded there too.
 /// When that chat server is killed (SIGKILL), the socket closes, the client reconnects through
 /// the same gateway, Discovery sends it to the live server, and nothing acknowledged is lost.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_gateway_follows_discovery_to_a_live_chat_server() {
     let mut cluster = Cluster::start(&[("chat-a", 0), ("chat-b", 0)]).await;
-    let gateway = Gateway::spawn(&cluster.api.url()).await;
+    let gateway = Gateway::spawn(&["--registry", &cluster.etcd.url()]).await;
     let alice = cluster.user_on("alice", "chat-a").await;
     let bob = cluster.user_on("bob", "chat-b").await;
     befriend(&cluster.at_api(&alice).await, &cluster.at_api(&bob).await).await;

@@ -22,6 +22,7 @@ pub mod grpc_web;
 pub mod json;
 pub mod poll;
 pub mod port;
+pub mod registry;
 pub mod remote;
 pub mod web;
 pub mod websocket;

@@ -32,9 +32,14 @@ struct Flags {
     #[arg(
         long,
         env = "DAEHWA_UPSTREAM",
-        default_value = "http://127.0.0.1:50051"
+        default_value = "http://127.0.0.1:50051",
+        conflicts_with = "registry"
     )]
     upstream: String,
+    /// Instead of --upstream: the cluster's etcd (`etcd://HOST:PORT[,HOST:PORT...]`); the
+    /// gateway balances over every registered api server.
+    #[arg(long, env = "DAEHWA_REGISTRY")]
+    registry: Option<String>,
     /// Comma-separated origins allowed to use gRPC-web cross-origin (`*`: any).
     #[arg(long, env = "DAEHWA_GATEWAY_ALLOWED_ORIGINS", value_delimiter = ',')]
     allowed_origins: Vec<String>,
@@ -48,11 +53,21 @@ async fn main() -> anyhow::Result<()> {
         )
         .init();
     let flags = Flags::parse();
-    let channel = Endpoint::from_shared(flags.upstream.clone())
-        .map_err(|e| anyhow::anyhow!("bad --upstream {:?}: {e}", flags.upstream))?
-        .connect_timeout(Duration::from_secs(5))
-        .tcp_nodelay(true)
-        .connect_lazy();
+    let (channel, upstream) = match &flags.registry {
+        Some(url) => (
+            daehwa_gateway::registry::api_servers(daehwa_gateway::registry::etcd_endpoints(url)?)
+                .await?,
+            url.clone(),
+        ),
+        None => (
+            Endpoint::from_shared(flags.upstream.clone())
+                .map_err(|e| anyhow::anyhow!("bad --upstream {:?}: {e}", flags.upstream))?
+                .connect_timeout(Duration::from_secs(5))
+                .tcp_nodelay(true)
+                .connect_lazy(),
+            flags.upstream.clone(),
+        ),
+    };
     let config = GatewayConfig {
         allowed_origins: flags.allowed_origins,
         ..GatewayConfig::default()
@@ -66,7 +81,7 @@ async fn main() -> anyhow::Result<()> {
     let listener = TcpListener::bind(flags.listen)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", flags.listen))?;
-    tracing::info!(addr = %listener.local_addr()?, upstream = %flags.upstream, "chat-gateway listening");
+    tracing::info!(addr = %listener.local_addr()?, %upstream, "chat-gateway listening");
     let mut terminate = signal(SignalKind::terminate())?;
     let shutdown = async move {
         tokio::select! {

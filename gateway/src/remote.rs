@@ -40,6 +40,8 @@ const CLIENT_EVENT_QUEUE: usize = 64;
 const ANSWER_TTL: Duration = Duration::from_secs(5);
 /// Tokens whose answers are remembered; a full cache is emptied (answers are cheap to redo).
 const MAX_ANSWERS: usize = 10_000;
+/// The longest a session open or a forwarded chat call waits for Discovery.
+const DISCOVERY_TIMEOUT: Duration = Duration::from_secs(5);
 /// Chat servers a gateway keeps a channel to; beyond, channels are rebuilt on demand.
 const MAX_CHAT_SERVERS: usize = 1024;
 
@@ -80,7 +82,13 @@ impl ChatServers {
             self.upstream.clone(),
             Bearer(authorization.clone()),
         );
-        let channel = match discovery.get_chat_server(GetChatServerRequest {}).await {
+        let answer = tokio::time::timeout(
+            DISCOVERY_TIMEOUT,
+            discovery.get_chat_server(GetChatServerRequest {}),
+        )
+        .await
+        .map_err(|_| Status::unavailable("Discovery did not answer in time: retry shortly"))?;
+        let channel = match answer {
             Ok(answer) => self.channel_to(&answer.into_inner().grpc_endpoint)?,
             Err(status) if status.code() == Code::Unimplemented => self.upstream.clone(),
             Err(status) => return Err(status),
