@@ -174,8 +174,10 @@ async fn missing_malformed_and_tampered_tokens_are_unauthenticated() {
 
 #[tokio::test]
 async fn access_tokens_expire() {
+    // Expiry has one-second resolution: 3 s leaves a loaded machine time between the login
+    // and the first use, and still expires well within the wait.
     let server = TestServer::start_with(|c| {
-        c.access_token_ttl = Duration::from_secs(1);
+        c.access_token_ttl = Duration::from_secs(3);
         c.refresh_token_ttl = Duration::from_secs(60);
     })
     .await;

@@ -210,6 +210,19 @@ async fn users_on_different_servers_chat_and_survive_a_chat_server_kill() {
         })
         .await;
     assert_eq!(text_of(&got), "welcome back");
+    // Carol stayed away: a dead server cannot say its users left, so a live one reaps it
+    // from Redis when its registry lease ends, and Alice (on chat-a) hears Carol go offline.
+    let gone = alice_stream
+        .next_matching(|e| match e {
+            Event::Presence(p)
+                if p.user_id == carol.user_id && p.status == PresenceStatus::Offline as i32 =>
+            {
+                Some(p)
+            }
+            _ => None,
+        })
+        .await;
+    assert!(gone.last_active_at.is_some());
     assert_complete(
         &sync_all(&bob, &group_conv, 0).await,
         &[sent.message_id].into(),

@@ -255,6 +255,11 @@ async fn build_services(
         },
         background.clone(),
     );
+    tokio::spawn(
+        presence
+            .clone()
+            .reap_departed(registry.clone(), background.clone()),
+    );
     delivery
         .start_receiving(presence.clone(), background.clone())
         .await

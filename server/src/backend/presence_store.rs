@@ -13,6 +13,9 @@
 //!   hear "online"); `clear_live` whether they are now offline on every server.
 //! - An entry not refreshed for its TTL is gone, for `lookup` and for `routes` alike.
 //! - `lookup` keeps the last-active time after the user went offline.
+//! - `reap` of a server that left the cluster removes what it held, once across all callers,
+//!   and names the users it leaves offline everywhere (their friends must hear "offline":
+//!   a dead server cannot say it).
 
 use std::{collections::HashMap, sync::Mutex, time::Duration};
 
@@ -70,6 +73,12 @@ pub trait PresenceStore: Send + Sync + 'static {
     /// For each of `users` (same order), whether they are online anywhere and when last
     /// active.
     async fn lookup(&self, users: &[UserId]) -> Result<Vec<SharedPresence>>;
+
+    /// `server` left the cluster without cleaning up (it died): removes its live and route
+    /// entries and returns the users it held (live or with streams there) who are now offline
+    /// everywhere, with their last activity. Only the first caller for a departure gets them (every server sees the
+    /// departure; one announces it); later callers get nothing.
+    async fn reap(&self, server: &str) -> Result<Vec<(UserId, i64)>>;
 }
 
 /// The one-machine presence store: a map in this process's memory.
@@ -77,6 +86,9 @@ pub trait PresenceStore: Send + Sync + 'static {
 pub struct MemoryPresenceStore {
     users: Mutex<HashMap<UserId, Entry>>,
 }
+
+/// How long a reaped server's departure is remembered, so several reapers announce it once.
+pub const REAP_CLAIM: Duration = Duration::from_secs(60);
 
 #[derive(Default)]
 struct Entry {
@@ -189,6 +201,19 @@ impl PresenceStore for MemoryPresenceStore {
                 })
             })
             .collect())
+    }
+
+    async fn reap(&self, server: &str) -> Result<Vec<(UserId, i64)>> {
+        let now = Instant::now();
+        let mut offline = Vec::new();
+        let mut users = self.lock();
+        for (user, entry) in users.iter_mut() {
+            let held = entry.routes.remove(server).is_some() | entry.live.remove(server).is_some();
+            if held && !entry.online(now) {
+                offline.push((*user, entry.last_active_ms));
+            }
+        }
+        Ok(offline)
     }
 
     async fn lookup(&self, users: &[UserId]) -> Result<Vec<SharedPresence>> {

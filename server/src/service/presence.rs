@@ -27,7 +27,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     auth::tokens::now_ms,
-    backend::Directory,
+    backend::{Directory, Registry},
     error::{Error, Result},
     ids::UserId,
     service::delivery::{Delivery, PresenceListener},
@@ -66,6 +66,8 @@ enum ChangeKind {
     },
     /// The user's first stream here opened (`true`) or their last one closed.
     Route { connected: bool },
+    /// The server holding the user died and the store was cleaned: offline everywhere now.
+    Departed { last_active_ms: i64 },
 }
 
 /// Presence timing and limits.
@@ -356,13 +358,18 @@ impl PresenceService {
             ChangeKind::Route { connected: false } => {
                 return store.remove_route(server, user).await;
             }
+            ChangeKind::Departed { last_active_ms } => (false, last_active_ms, false),
             ChangeKind::Presence {
                 online,
                 last_active_ms,
                 visibility,
             } => (online, last_active_ms, visibility),
         };
-        if !visibility {
+        if matches!(change.kind, ChangeKind::Departed { .. }) {
+            if !self.directory.settings(user).await?.presence_visible {
+                return Ok(());
+            }
+        } else if !visibility {
             let changed_everywhere = if online {
                 store
                     .set_live(server, user, last_active_ms, self.offline_after)
@@ -396,6 +403,54 @@ impl PresenceService {
             .presence_to_friends(&friends, event, self)
             .await;
         Ok(())
+    }
+
+    /// Announces "offline" for the users of servers that left the registry without saying
+    /// so (they died): every second, departed servers are reaped from the shared store, which
+    /// hands each departure's users to one reaper only.
+    pub async fn reap_departed(
+        self: Arc<Self>,
+        registry: Arc<dyn Registry>,
+        shutdown: CancellationToken,
+    ) {
+        let ids = |registry: &dyn Registry| -> HashSet<String> {
+            registry
+                .servers()
+                .into_iter()
+                .map(|s| s.server_id)
+                .collect()
+        };
+        let mut known = ids(registry.as_ref());
+        let mut interval = tokio::time::interval(Duration::from_secs(1));
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                _ = interval.tick() => {}
+            }
+            let mut current = ids(registry.as_ref());
+            let departed: Vec<String> = known.difference(&current).cloned().collect();
+            for gone in &departed {
+                match self.delivery.store().reap(gone).await {
+                    Ok(users) => {
+                        if !users.is_empty() {
+                            tracing::info!(server_id = %gone, users = users.len(), "server left the cluster: its users are offline");
+                        }
+                        for (user, last_active_ms) in users {
+                            self.queue(Change {
+                                user,
+                                kind: ChangeKind::Departed { last_active_ms },
+                            });
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(server_id = %gone, error = %e, "cannot reap a departed server; retrying");
+                        current.insert(gone.clone()); // still "known": retried next tick
+                    }
+                }
+            }
+            known = current;
+        }
     }
 
     /// Renews the shared entries of everyone live or connected here, every third of

@@ -31,6 +31,7 @@ where
     unknown_users_are_offline_without_routes(store.as_ref()).await;
     expired_entries_count_for_nothing(store.as_ref(), &wait).await;
     refresh_keeps_entries_alive(store.as_ref(), &wait).await;
+    reaping_a_dead_server_names_who_went_offline_once(store.as_ref()).await;
 }
 
 static NEXT_USER: AtomicU64 = AtomicU64::new(0);
@@ -173,4 +174,29 @@ where
         store.routes(&[b]).await.unwrap(),
         vec![vec!["s1".to_owned()]]
     );
+}
+
+/// Reaping a dead server removes its entries and names the users it held who are now offline
+/// (not those live elsewhere); a second reap of the same departure names nobody.
+pub async fn reaping_a_dead_server_names_who_went_offline_once(store: &dyn PresenceStore) {
+    let dead = format!("dead-{}", fresh_user().0);
+    let (alone, elsewhere, routed) = (fresh_user(), fresh_user(), fresh_user());
+    store.set_live(&dead, alone, 9_000, LONG).await.unwrap();
+    store.set_live(&dead, elsewhere, 9_001, LONG).await.unwrap();
+    store
+        .set_live("alive", elsewhere, 9_002, LONG)
+        .await
+        .unwrap();
+    store.add_route(&dead, routed, LONG).await.unwrap();
+    store.add_route(&dead, alone, LONG).await.unwrap();
+    let mut reaped = store.reap(&dead).await.unwrap();
+    reaped.sort();
+    assert_eq!(reaped, vec![(alone, 9_000), (routed, 0)]);
+    let found = store.lookup(&[alone, elsewhere]).await.unwrap();
+    assert!(!found[0].online && found[1].online, "{found:?}");
+    assert_eq!(
+        store.routes(&[routed, alone]).await.unwrap(),
+        vec![Vec::<String>::new(), vec![]]
+    );
+    assert!(store.reap(&dead).await.unwrap().is_empty());
 }

@@ -3,6 +3,11 @@
 //! - `route:<server>`: Unix ms until which the user has streams there;
 //! - `last`: the latest activity any server reported.
 //!
+//! and one set per server, `daehwa:server:<server>:users`, of the hashes it has entries in,
+//! so the users of a server that died can be found and announced offline ([`reap`]).
+//!
+//! [`reap`]: PresenceStore::reap
+//!
 //! Each field carries its own expiry (Redis 7.0 has no per-field TTL), checked against
 //! Redis's `TIME` inside Lua scripts, so the chat servers' clocks never matter and every
 //! read-modify-write (was the user online anywhere? are they still?) is atomic. The hash
@@ -17,7 +22,7 @@ use redis::{Script, aio::ConnectionManager};
 
 use super::{bounded, connect};
 use crate::{
-    backend::presence_store::{PresenceStore, SharedPresence},
+    backend::presence_store::{PresenceStore, REAP_CLAIM, SharedPresence},
     error::Result,
     ids::UserId,
 };
@@ -52,6 +57,20 @@ local function sweep(key)
   end
   return online, routes
 end
+local function members_of(server)
+  return 'daehwa:server:' .. server .. ':users'
+end
+local function remember(key, server, keep)
+  local members = members_of(server)
+  redis.call('SADD', members, key)
+  redis.call('PEXPIRE', members, keep)
+end
+local function forget_if_idle(key, server)
+  if redis.call('HEXISTS', key, 'live:' .. server) == 0
+      and redis.call('HEXISTS', key, 'route:' .. server) == 0 then
+    redis.call('SREM', members_of(server), key)
+  end
+end
 local function set_last(key, ms)
   local last = tonumber(redis.call('HGET', key, 'last') or '0')
   if tonumber(ms) > last then redis.call('HSET', key, 'last', ms) end
@@ -65,6 +84,7 @@ local was_online = sweep(KEYS[1])
 redis.call('HSET', KEYS[1], 'live:' .. ARGV[1], now + tonumber(ARGV[2]))
 set_last(KEYS[1], ARGV[3])
 redis.call('PEXPIRE', KEYS[1], ARGV[4])
+remember(KEYS[1], ARGV[1], ARGV[4])
 if was_online then return 0 else return 1 end
 "#;
 
@@ -74,6 +94,7 @@ redis.call('HDEL', KEYS[1], 'live:' .. ARGV[1])
 local online = sweep(KEYS[1])
 set_last(KEYS[1], ARGV[2])
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
+forget_if_idle(KEYS[1], ARGV[1])
 if online then return 0 else return 1 end
 "#;
 
@@ -99,6 +120,11 @@ for i, key in ipairs(KEYS) do
   if #fields > 0 then redis.call('HSET', key, unpack(fields)) end
   redis.call('PEXPIRE', key, ARGV[3])
 end
+if #KEYS > 0 then
+  local members = members_of(ARGV[1])
+  redis.call('SADD', members, unpack(KEYS))
+  redis.call('PEXPIRE', members, ARGV[3])
+end
 return #KEYS
 "#;
 
@@ -106,7 +132,31 @@ return #KEYS
 const ADD_ROUTE: &str = r#"
 redis.call('HSET', KEYS[1], 'route:' .. ARGV[1], now + tonumber(ARGV[2]))
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
+remember(KEYS[1], ARGV[1], ARGV[3])
 return 1
+"#;
+
+/// KEYS[1] user; ARGV server.
+const REMOVE_ROUTE: &str = r#"
+redis.call('HDEL', KEYS[1], 'route:' .. ARGV[1])
+forget_if_idle(KEYS[1], ARGV[1])
+return 1
+"#;
+
+/// KEYS[1] the claim; ARGV server, claim ms. Returns {user key, last ms} for each user of
+/// the server now offline everywhere; nothing when someone else claimed the departure.
+const REAP: &str = r#"
+if not redis.call('SET', KEYS[1], '1', 'NX', 'PX', ARGV[2]) then return {} end
+local members = members_of(ARGV[1])
+local out = {}
+for _, key in ipairs(redis.call('SMEMBERS', members)) do
+  redis.call('HDEL', key, 'live:' .. ARGV[1], 'route:' .. ARGV[1])
+  if not sweep(key) then
+    out[#out + 1] = { key, tonumber(redis.call('HGET', key, 'last') or '0') }
+  end
+end
+redis.call('DEL', members)
+return out
 "#;
 
 /// KEYS users. Returns per key the servers with live routes.
@@ -136,6 +186,8 @@ pub struct RedisPresenceStore {
     clear_live: Script,
     refresh: Script,
     add_route: Script,
+    remove_route: Script,
+    reap: Script,
     routes: Script,
     lookup: Script,
 }
@@ -151,6 +203,8 @@ impl RedisPresenceStore {
             clear_live: script(CLEAR_LIVE),
             refresh: script(REFRESH),
             add_route: script(ADD_ROUTE),
+            remove_route: script(REMOVE_ROUTE),
+            reap: script(REAP),
             routes: script(ROUTES),
             lookup: script(LOOKUP),
         })
@@ -204,9 +258,9 @@ impl PresenceStore for RedisPresenceStore {
 
     async fn remove_route(&self, server: &str, user: UserId) -> Result<()> {
         let mut connection = self.connection.clone();
-        let mut hdel = redis::cmd("HDEL");
-        hdel.arg(key(user)).arg(format!("route:{server}"));
-        let _: i64 = bounded(WHAT, hdel.query_async(&mut connection)).await?;
+        let mut call = self.remove_route.key(key(user));
+        call.arg(server);
+        let _: i64 = bounded(WHAT, call.invoke_async(&mut connection)).await?;
         Ok(())
     }
 
@@ -253,6 +307,20 @@ impl PresenceStore for RedisPresenceStore {
             out.extend(routes);
         }
         Ok(out)
+    }
+
+    async fn reap(&self, server: &str) -> Result<Vec<(UserId, i64)>> {
+        let mut connection = self.connection.clone();
+        let mut call = self.reap.key(format!("daehwa:reaped:{server}"));
+        call.arg(server).arg(ms(REAP_CLAIM));
+        let reaped: Vec<(String, i64)> = bounded(WHAT, call.invoke_async(&mut connection)).await?;
+        Ok(reaped
+            .into_iter()
+            .filter_map(|(key, last)| {
+                let id = key.strip_prefix("daehwa:presence:")?.parse().ok()?;
+                Some((UserId(id), last))
+            })
+            .collect())
     }
 
     async fn lookup(&self, users: &[UserId]) -> Result<Vec<SharedPresence>> {
