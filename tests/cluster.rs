@@ -276,23 +276,25 @@ async fn redis_restart_while_messages_flow_loses_nothing_acknowledged() {
     let mut acked = sender.await.expect("sender: every send acknowledged");
     acked.insert(warm_up.message_id);
 
-    // Bob's stream ends (resync) or keeps going; either way he reconnects and syncs.
-    loop {
+    // Bob's server lost its bus subscription with Redis: it ends his stream UNAVAILABLE
+    // ("reconnect and sync") once it re-subscribes, since envelopes may have been lost.
+    let status = loop {
         match tokio::time::timeout(WAIT, bob_stream.rx.message()).await {
             Ok(Ok(Some(v1::ServerEvent {
                 event: Some(Event::Message(m)),
             }))) => received.push(m),
             Ok(Ok(Some(_))) => {}
-            Ok(Ok(None)) | Ok(Err(_)) | Err(_) => break,
+            Ok(Err(status)) => break status,
+            Ok(Ok(None)) => panic!("Bob's stream ended without a status"),
+            Err(_) => panic!("Bob's stream was not told to resync within {WAIT:?}"),
         }
-        if received.len() > 200 {
-            break;
-        }
-    }
+    };
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert!(status.message().contains("sync"), "{status:?}");
     let cursor = received.iter().map(|m| m.seq).max().unwrap_or(0);
     let mut bob_stream = LiveStream::open(&bob)
         .await
-        .expect("reconnect after resync");
+        .expect("reconnect after the resync");
     received.extend(sync_all(&bob, &dm, cursor).await);
     received.sort_by_key(|m| m.seq);
     received.dedup_by_key(|m| m.seq);

@@ -244,7 +244,21 @@ impl Service<http::Request<tonic::body::Body>> for UpstreamProxy {
                 },
                 _ => servers.upstream.clone(),
             };
-            match channel.oneshot(request).await {
+            // A balanced channel with no server registered waits for one: bounded.
+            let mut channel = channel;
+            match tokio::time::timeout(DISCOVERY_TIMEOUT, channel.ready()).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => {
+                    return Ok(Status::unavailable(format!("server unavailable: {e}")).into_http());
+                }
+                Err(_) => {
+                    return Ok(
+                        Status::unavailable("no server answered in time: retry shortly")
+                            .into_http(),
+                    );
+                }
+            }
+            match channel.call(request).await {
                 Ok(response) => Ok(response),
                 Err(e) => {
                     if let Some(authorization) = &authorization {

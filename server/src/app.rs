@@ -242,6 +242,7 @@ async fn build_services(
         store,
         bus,
         config.cluster_backends()?.1.is_some(),
+        config.offline_after,
         metrics.clone(),
     ));
     let presence = PresenceService::start(
@@ -288,7 +289,7 @@ async fn build_services(
     let rate = RateLimiter::new(config.send_rate, config.send_burst);
     let chat = Arc::new(ChatService::new(
         backends.clone(),
-        delivery,
+        delivery.clone(),
         message_ids,
         rate,
         limits,
@@ -297,7 +298,7 @@ async fn build_services(
     let live = Arc::new(LiveSessions::new(
         chat.clone(),
         presence.clone(),
-        hub.clone(),
+        delivery.clone(),
         config.server_id.clone(),
         metrics.clone(),
     ));

@@ -232,6 +232,11 @@ impl Config {
             clustered.0.is_some() == clustered.1.is_some(),
             "presence and bus must both be redis://... (a cluster) or memory and local (one server)",
         )?;
+        check(
+            clustered.0.is_none() || self.registry_endpoints()?.is_some(),
+            "a cluster (presence and bus on redis://) needs registry = etcd://... so that no two \
+             servers share a message id worker id",
+        )?;
         if let Some(url) = &self.push_webhook_url {
             check(
                 url.starts_with("http://"),
@@ -304,21 +309,9 @@ impl Config {
         if url == "static" {
             return Ok(None);
         }
-        let Some(hosts) = url.strip_prefix("etcd://") else {
-            return Err(anyhow::anyhow!(
-                "invalid configuration: registry {url:?}: expected static or etcd://HOST:PORT,..."
-            ));
-        };
-        let endpoints: Vec<String> = split_endpoints(hosts)
-            .into_iter()
-            .map(|h| format!("http://{h}"))
-            .collect();
-        if endpoints.is_empty() {
-            return Err(anyhow::anyhow!(
-                "invalid configuration: registry {url:?}: etcd:// needs at least one endpoint"
-            ));
-        }
-        Ok(Some(endpoints))
+        crate::backend::etcd::endpoints_from_url(url)
+            .map(Some)
+            .map_err(|e| anyhow::anyhow!("invalid configuration: registry: {e} (or static)"))
     }
 
     /// Whether this server runs `role` (`api`, `chat` or `presence`).
@@ -545,5 +538,33 @@ mod tests {
         );
         let flags = Flags::try_parse_from(["chatd", "--worker-id", "5000"]).unwrap();
         assert!(Config::from_flags(flags).is_err());
+    }
+
+    #[test]
+    fn a_cluster_needs_both_redis_backends_and_etcd() {
+        let parse = |args: &[&str]| {
+            let flags = Flags::try_parse_from(["chatd"].iter().chain(args)).unwrap();
+            Config::from_flags(flags).map_err(|e| e.to_string())
+        };
+        let redis = ["--presence", "redis://r:6379", "--bus", "redis://r:6379"];
+        let err = parse(&redis).unwrap_err();
+        assert!(err.contains("etcd"), "{err}");
+        let err = parse(&["--presence", "redis://r:6379"]).unwrap_err();
+        assert!(err.contains("both"), "{err}");
+        let config = parse(&[&redis[..], &["--registry", "etcd://e1:2379,e2:2379"]].concat())
+            .expect("a complete cluster configuration");
+        assert_eq!(
+            config.registry_endpoints().unwrap(),
+            Some(vec![
+                "http://e1:2379".to_owned(),
+                "http://e2:2379".to_owned()
+            ])
+        );
+        let err = parse(&["--roles", "api,chatter"]).unwrap_err();
+        assert!(err.contains("chatter"), "{err}");
+        assert_eq!(
+            parse(&["--roles", "api,presence"]).unwrap().roles,
+            vec!["api", "presence"]
+        );
     }
 }

@@ -1,6 +1,7 @@
 //! # Daehwa chat server
 //!
-//! Every `chat.v1` service in one process, over pluggable backends. The binary (`chatd`)
+//! Every `chat.v1` service in one process (or the roles it is given, in a cluster), over
+//! pluggable backends. The binary (`chatd`)
 //! only parses flags, binds the listener and passes a shutdown signal to [`run`]; tests call
 //! [`run`] directly on a port-0 listener.
 //!
@@ -9,9 +10,9 @@
 //! - [`error`]: the one error type and its mapping to gRPC statuses.
 //! - [`ids`], [`snowflake`]: typed ids, conversation ids, time-ordered message ids.
 //! - [`auth`]: passwords, tokens, and the layer that authenticates every RPC.
-//! - [`backend`]: one trait per concern (directory, message store, push) and their
-//!   implementations.
-//! - [`service`]: domain logic, free of tonic types.
+//! - [`backend`]: one trait per concern (directory, message store, presence store, bus,
+//!   registry, push) and their embedded and distributed implementations.
+//! - [`service`]: domain logic, free of tonic types, and delivery across servers.
 //! - [`session`]: live streams with bounded outboxes, and local fan-out.
 //! - [`api`]: thin tonic adapters from RPCs to services.
 //! - [`metrics`]: Prometheus metrics.

@@ -35,6 +35,7 @@ impl ChatRpc for ChatApi {
         let stream = self
             .live
             .connect(me, request.into_inner())
+            .await
             .map_err(|e| status(&self.ctx.metrics, e))?;
         Ok(Response::new(stream))
     }
@@ -47,6 +48,7 @@ impl ChatRpc for ChatApi {
         let stream = self
             .live
             .subscribe(me)
+            .await
             .map_err(|e| status(&self.ctx.metrics, e))?;
         Ok(Response::new(stream))
     }

@@ -18,7 +18,9 @@ use crate::{
 
 /// Answers from the registry: every server answers the same for the same user.
 pub struct DiscoveryApi {
+    /// The live view of the cluster.
     pub registry: Arc<dyn Registry>,
+    /// Metrics for error counting.
     pub ctx: ApiContext,
 }
 

@@ -42,6 +42,7 @@ impl SessionPort for GatewaySessions {
         let events = self
             .live
             .connect(me, ReceiverStream::new(rx).map(Ok))
+            .await
             .map_err(count)?;
         Ok(LiveSession {
             events,

@@ -15,7 +15,8 @@
 //! - `lookup` keeps the last-active time after the user went offline.
 //! - `reap` of a server that left the cluster removes what it held, once across all callers,
 //!   and names the users it leaves offline everywhere (their friends must hear "offline":
-//!   a dead server cannot say it).
+//!   a dead server cannot say it). A server that still refreshes (it lost its registry lease
+//!   but runs) is not reaped: `reap` answers `None` until its refreshes stop for a TTL.
 
 use std::{collections::HashMap, sync::Mutex, time::Duration};
 
@@ -76,19 +77,22 @@ pub trait PresenceStore: Send + Sync + 'static {
 
     /// `server` left the cluster without cleaning up (it died): removes its live and route
     /// entries and returns the users it held (live or with streams there) who are now offline
-    /// everywhere, with their last activity. Only the first caller for a departure gets them (every server sees the
-    /// departure; one announces it); later callers get nothing.
-    async fn reap(&self, server: &str) -> Result<Vec<(UserId, i64)>>;
+    /// everywhere, with their last activity. Only the first caller for a departure gets them
+    /// (every server sees the departure; one announces it); later callers get nothing.
+    /// `None` while `server` still refreshes its entries (it is alive): ask again later.
+    async fn reap(&self, server: &str) -> Result<Option<Vec<(UserId, i64)>>>;
 }
 
 /// The one-machine presence store: a map in this process's memory.
 #[derive(Default)]
 pub struct MemoryPresenceStore {
     users: Mutex<HashMap<UserId, Entry>>,
+    /// Until when each server counts as alive (its last refresh plus the TTL).
+    refreshed: Mutex<HashMap<String, Instant>>,
 }
 
-/// How long a reaped server's departure is remembered, so several reapers announce it once.
-pub const REAP_CLAIM: Duration = Duration::from_secs(60);
+/// How long a user with no live entry and no route is remembered (for the last-active time).
+const FORGET_AFTER: Duration = Duration::from_secs(24 * 3600);
 
 #[derive(Default)]
 struct Entry {
@@ -166,8 +170,20 @@ impl PresenceStore for MemoryPresenceStore {
         routed: &[UserId],
         ttl: Duration,
     ) -> Result<()> {
-        let expiry = Instant::now() + ttl;
+        let now = Instant::now();
+        let expiry = now + ttl;
+        self.refreshed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(server.to_owned(), expiry);
         let mut users = self.lock();
+        // Bounded memory: forget users idle everywhere for a day.
+        let forget_before = crate::auth::tokens::now_ms() - FORGET_AFTER.as_millis() as i64;
+        users.retain(|_, e| {
+            e.live.retain(|_, x| *x > now);
+            e.routes.retain(|_, x| *x > now);
+            !e.live.is_empty() || !e.routes.is_empty() || e.last_active_ms > forget_before
+        });
         for &(user, last_active_ms) in live {
             let entry = users.entry(user).or_default();
             entry.live.insert(server.to_owned(), expiry);
@@ -203,8 +219,17 @@ impl PresenceStore for MemoryPresenceStore {
             .collect())
     }
 
-    async fn reap(&self, server: &str) -> Result<Vec<(UserId, i64)>> {
+    async fn reap(&self, server: &str) -> Result<Option<Vec<(UserId, i64)>>> {
         let now = Instant::now();
+        let alive = self
+            .refreshed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(server)
+            .is_some_and(|until| *until > now);
+        if alive {
+            return Ok(None);
+        }
         let mut offline = Vec::new();
         let mut users = self.lock();
         for (user, entry) in users.iter_mut() {
@@ -213,7 +238,7 @@ impl PresenceStore for MemoryPresenceStore {
                 offline.push((*user, entry.last_active_ms));
             }
         }
-        Ok(offline)
+        Ok(Some(offline))
     }
 
     async fn lookup(&self, users: &[UserId]) -> Result<Vec<SharedPresence>> {

@@ -4,15 +4,20 @@
 //! On one machine (`clustered == false`) everything is in this process: delivery is the hub
 //! alone, and no route is looked up. In a cluster, a message costs one route lookup for its
 //! recipients and one envelope per other server holding some of them, sent before the sender
-//! is answered (so envelopes of one conversation leave in seq order). Presence events are
-//! broadcast (transitions are rare; each server picks the friends it holds), and so are
-//! logouts.
+//! is answered (so the envelopes of one sending stream leave in the order it sent). Presence
+//! events are broadcast (transitions are rare; each server picks the friends it holds), and
+//! so are logouts. A stream's route is written before its `ready` event goes out.
 //!
 //! Nothing here is the truth: a lost envelope is repaired by the recipient's cursor sync.
 //! When this server's subscription to the bus breaks, its clients are disconnected with
 //! `UNAVAILABLE` so they reconnect and sync.
 
-use std::{collections::BTreeMap, sync::Arc};
+use std::{
+    collections::BTreeMap,
+    hash::{Hash, Hasher},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
 
 use daehwa::v1::{PresenceEvent, ServerEvent, server_event::Event};
 use tokio::sync::mpsc;
@@ -28,6 +33,12 @@ use crate::{
     session::{CloseReason, Hub},
 };
 
+/// Route writes of one user are serialised on one of this many locks.
+const ROUTE_LOCKS: usize = 64;
+/// After a failed route lookup, cross-server delivery is skipped this long (senders are not
+/// slowed by a Redis that is down; recipients catch up by sync).
+const ROUTES_BACKOFF: Duration = Duration::from_secs(1);
+
 /// Where events for users go: here, or to the servers holding their streams.
 pub struct Delivery {
     server_id: String,
@@ -35,6 +46,11 @@ pub struct Delivery {
     store: Arc<dyn PresenceStore>,
     bus: Arc<dyn Bus>,
     clustered: bool,
+    route_ttl: Duration,
+    /// Orders a user's route additions (a stream opening) and removals (the last closing).
+    route_locks: Vec<tokio::sync::Mutex<()>>,
+    /// Until when route lookups are skipped after a failure.
+    routes_down_until: Mutex<Option<Instant>>,
     metrics: Arc<Metrics>,
 }
 
@@ -46,13 +62,14 @@ pub trait PresenceListener: Send + Sync {
 
 impl Delivery {
     /// Delivery for server `server_id`; `clustered` when other servers share `store` and
-    /// `bus`.
+    /// `bus`. Routes live `route_ttl` unless refreshed.
     pub fn new(
         server_id: String,
         hub: Arc<Hub>,
         store: Arc<dyn PresenceStore>,
         bus: Arc<dyn Bus>,
         clustered: bool,
+        route_ttl: Duration,
         metrics: Arc<Metrics>,
     ) -> Self {
         Self {
@@ -61,7 +78,77 @@ impl Delivery {
             store,
             bus,
             clustered,
+            route_ttl,
+            route_locks: (0..ROUTE_LOCKS)
+                .map(|_| tokio::sync::Mutex::new(()))
+                .collect(),
+            routes_down_until: Mutex::new(None),
             metrics,
+        }
+    }
+
+    fn route_lock(&self, user: UserId) -> &tokio::sync::Mutex<()> {
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        user.hash(&mut hasher);
+        &self.route_locks[hasher.finish() as usize % ROUTE_LOCKS]
+    }
+
+    /// Records that `user` has a stream here, before the stream's `ready` goes out: a message
+    /// stored after the client's catch-up read finds the route. Call after the session is
+    /// in the hub.
+    pub async fn route_opened(&self, user: UserId) -> crate::error::Result<()> {
+        if !self.clustered {
+            return Ok(());
+        }
+        let _order = self.route_lock(user).lock().await;
+        self.store
+            .add_route(&self.server_id, user, self.route_ttl)
+            .await
+    }
+
+    /// Removes `user`'s route here, unless a stream of theirs opened meanwhile (checked under
+    /// the same lock `route_opened` takes after registering in the hub, so an opening stream
+    /// never loses its route).
+    pub async fn route_closed(&self, user: UserId) -> crate::error::Result<()> {
+        if !self.clustered {
+            return Ok(());
+        }
+        let _order = self.route_lock(user).lock().await;
+        if self.hub.is_connected(user) {
+            return Ok(());
+        }
+        self.store.remove_route(&self.server_id, user).await
+    }
+
+    /// The routes of `users`, or `None` when they cannot be read (or failed less than
+    /// [`ROUTES_BACKOFF`] ago).
+    async fn routes(&self, users: &[UserId]) -> Option<Vec<Vec<String>>> {
+        let backing_off = {
+            let mut down = self
+                .routes_down_until
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            let backing_off = down.is_some_and(|until| Instant::now() < until);
+            if !backing_off {
+                *down = None;
+            }
+            backing_off
+        };
+        if backing_off {
+            self.metrics.bus_errors.inc();
+            return None;
+        }
+        match self.store.routes(users).await {
+            Ok(routes) => Some(routes),
+            Err(e) => {
+                self.metrics.bus_errors.inc();
+                tracing::warn!(error = %e, "cannot read routes: other servers' sessions will catch up by sync");
+                *self
+                    .routes_down_until
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner()) = Some(Instant::now() + ROUTES_BACKOFF);
+                None
+            }
         }
     }
 
@@ -100,13 +187,8 @@ impl Delivery {
                 .filter(|u| !self.hub.is_connected(*u))
                 .collect();
         }
-        let routes = match self.store.routes(users).await {
-            Ok(routes) => routes,
-            Err(e) => {
-                self.metrics.bus_errors.inc();
-                tracing::warn!(error = %e, "cannot read routes: other servers' sessions will catch up by sync");
-                return Vec::new();
-            }
+        let Some(routes) = self.routes(users).await else {
+            return Vec::new();
         };
         let mut offline = Vec::new();
         let mut by_server: BTreeMap<&str, Vec<u64>> = BTreeMap::new();

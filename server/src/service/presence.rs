@@ -47,27 +47,26 @@ struct UserPresence {
     last_stream_closed: Option<Instant>,
 }
 
-/// A transition to record and announce.
+/// What the fan-out task records in the shared store (and maybe announces), one at a time,
+/// in the order it happened here: so a refresh can never bring back what a later change
+/// cleared.
 #[derive(Debug, Clone, Copy)]
-struct Change {
-    user: UserId,
-    kind: ChangeKind,
-}
-
-#[derive(Debug, Clone, Copy)]
-enum ChangeKind {
-    /// The user became live or silent on this server.
+enum Change {
+    /// `user` became live or silent on this server.
     Presence {
+        user: UserId,
         online: bool,
         last_active_ms: i64,
         /// The user turned `presence_visible` on or off: friends hear it as online/offline
         /// (hiding carries no last-active time); the shared state is not touched.
         visibility: bool,
     },
-    /// The user's first stream here opened (`true`) or their last one closed.
-    Route { connected: bool },
-    /// The server holding the user died and the store was cleaned: offline everywhere now.
-    Departed { last_active_ms: i64 },
+    /// `user`'s last stream here closed: their route here goes (unless a new stream came).
+    StreamsClosed(UserId),
+    /// The server holding `user` died and the store was cleaned: offline everywhere now.
+    Departed { user: UserId, last_active_ms: i64 },
+    /// Renew the TTL of everything this server holds.
+    Refresh,
 }
 
 /// Presence timing and limits.
@@ -317,19 +316,17 @@ impl PresenceService {
     }
 
     fn announce(&self, user: UserId, online: bool, last_active_ms: i64, visibility: bool) {
-        self.queue(Change {
+        self.queue(Change::Presence {
             user,
-            kind: ChangeKind::Presence {
-                online,
-                last_active_ms,
-                visibility,
-            },
+            online,
+            last_active_ms,
+            visibility,
         });
     }
 
     fn queue(&self, change: Change) {
         if self.changes.try_send(change).is_err() {
-            tracing::warn!(user_id = %change.user, "presence change queue full: transition not recorded");
+            tracing::warn!(?change, "presence change queue full: change not recorded");
         }
     }
 
@@ -340,7 +337,7 @@ impl PresenceService {
                 change = rx.recv() => match change { Some(c) => c, None => return },
             };
             if let Err(e) = self.deliver_change(change).await {
-                tracing::warn!(user_id = %change.user, error = %e, "presence fan-out failed");
+                tracing::warn!(?change, error = %e, "presence fan-out failed");
             }
         }
     }
@@ -350,22 +347,21 @@ impl PresenceService {
     async fn deliver_change(&self, change: Change) -> Result<()> {
         let store = self.delivery.store();
         let server = self.delivery.server_id();
-        let user = change.user;
-        let (online, mut last_active_ms, visibility) = match change.kind {
-            ChangeKind::Route { connected: true } => {
-                return store.add_route(server, user, self.offline_after).await;
-            }
-            ChangeKind::Route { connected: false } => {
-                return store.remove_route(server, user).await;
-            }
-            ChangeKind::Departed { last_active_ms } => (false, last_active_ms, false),
-            ChangeKind::Presence {
+        let (user, online, mut last_active_ms, visibility) = match change {
+            Change::Refresh => return self.refresh_shared().await,
+            Change::StreamsClosed(user) => return self.delivery.route_closed(user).await,
+            Change::Departed {
+                user,
+                last_active_ms,
+            } => (user, false, last_active_ms, false),
+            Change::Presence {
+                user,
                 online,
                 last_active_ms,
                 visibility,
-            } => (online, last_active_ms, visibility),
+            } => (user, online, last_active_ms, visibility),
         };
-        if matches!(change.kind, ChangeKind::Departed { .. }) {
+        if matches!(change, Change::Departed { .. }) {
             if !self.directory.settings(user).await?.presence_visible {
                 return Ok(());
             }
@@ -382,7 +378,12 @@ impl PresenceService {
             }
         } else {
             // Only a user online somewhere appears or disappears.
-            let shared = store.lookup(&[user]).await?[0];
+            let shared = store
+                .lookup(&[user])
+                .await?
+                .first()
+                .copied()
+                .unwrap_or_default();
             let online_here = self.lock_users().get(&user).is_some_and(|e| e.online);
             if !shared.online && !online_here {
                 return Ok(());
@@ -432,14 +433,18 @@ impl PresenceService {
             let departed: Vec<String> = known.difference(&current).cloned().collect();
             for gone in &departed {
                 match self.delivery.store().reap(gone).await {
-                    Ok(users) => {
+                    // Still refreshing its entries: alive (only its registry lease was lost).
+                    Ok(None) => {
+                        current.insert(gone.clone());
+                    }
+                    Ok(Some(users)) => {
                         if !users.is_empty() {
                             tracing::info!(server_id = %gone, users = users.len(), "server left the cluster: its users are offline");
                         }
                         for (user, last_active_ms) in users {
-                            self.queue(Change {
+                            self.queue(Change::Departed {
                                 user,
-                                kind: ChangeKind::Departed { last_active_ms },
+                                last_active_ms,
                             });
                         }
                     }
@@ -453,8 +458,9 @@ impl PresenceService {
         }
     }
 
-    /// Renews the shared entries of everyone live or connected here, every third of
-    /// `offline_after`: the only periodic write, whatever the heartbeat rate.
+    /// Asks for a renewal of the shared entries of everyone live or connected here, every
+    /// third of `offline_after`: the only periodic write, whatever the heartbeat rate. The
+    /// renewal runs in order with the other changes (see [`Change`]).
     async fn refresh_loop(self: Arc<Self>, shutdown: CancellationToken) {
         let mut interval = tokio::time::interval(self.offline_after / 3);
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -462,39 +468,38 @@ impl PresenceService {
         loop {
             tokio::select! {
                 () = shutdown.cancelled() => return,
-                _ = interval.tick() => {}
-            }
-            let (live, routed): (Vec<(UserId, i64)>, Vec<UserId>) = {
-                let users = self.lock_users();
-                (
-                    users
-                        .iter()
-                        .filter(|(_, p)| p.online)
-                        .map(|(u, p)| (*u, p.last_active_ms))
-                        .collect(),
-                    users
-                        .iter()
-                        .filter(|(_, p)| p.streams > 0)
-                        .map(|(u, _)| *u)
-                        .collect(),
-                )
-            };
-            if live.is_empty() && routed.is_empty() {
-                continue;
-            }
-            let store = self.delivery.store();
-            if let Err(e) = store
-                .refresh(
-                    self.delivery.server_id(),
-                    &live,
-                    &routed,
-                    self.offline_after,
-                )
-                .await
-            {
-                tracing::warn!(error = %e, "cannot refresh shared presence");
+                _ = interval.tick() => self.queue(Change::Refresh),
             }
         }
+    }
+
+    /// Renews the TTL of the users live here and of those with streams here (and this
+    /// server's own liveness, even with nobody).
+    async fn refresh_shared(&self) -> Result<()> {
+        let (live, routed): (Vec<(UserId, i64)>, Vec<UserId>) = {
+            let users = self.lock_users();
+            (
+                users
+                    .iter()
+                    .filter(|(_, p)| p.online)
+                    .map(|(u, p)| (*u, p.last_active_ms))
+                    .collect(),
+                users
+                    .iter()
+                    .filter(|(_, p)| p.streams > 0)
+                    .map(|(u, _)| *u)
+                    .collect(),
+            )
+        };
+        self.delivery
+            .store()
+            .refresh(
+                self.delivery.server_id(),
+                &live,
+                &routed,
+                self.offline_after,
+            )
+            .await
     }
 
     async fn sweep_loop(self: Arc<Self>, shutdown: CancellationToken) {
@@ -546,24 +551,17 @@ impl SessionObserver for StreamObserver {
         let Some(service) = self.0.upgrade() else {
             return;
         };
-        let first = {
-            let mut users = service.lock_users();
-            let entry = users.entry(user).or_insert(UserPresence {
+        service
+            .lock_users()
+            .entry(user)
+            .or_insert(UserPresence {
                 online: false,
                 last_active: Instant::now(),
                 last_active_ms: now_ms(),
                 streams: 0,
                 last_stream_closed: None,
-            });
-            entry.streams += 1;
-            entry.streams == 1
-        };
-        if first {
-            service.queue(Change {
-                user,
-                kind: ChangeKind::Route { connected: true },
-            });
-        }
+            })
+            .streams += 1;
         service.touch(user);
     }
 
@@ -576,10 +574,7 @@ impl SessionObserver for StreamObserver {
             p.streams = remaining;
             if remaining == 0 {
                 p.last_stream_closed = Some(Instant::now());
-                service.queue(Change {
-                    user,
-                    kind: ChangeKind::Route { connected: false },
-                });
+                service.queue(Change::StreamsClosed(user));
             }
         }
     }

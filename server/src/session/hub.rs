@@ -307,11 +307,6 @@ impl Hub {
         all.iter().for_each(|s| s.close(reason));
     }
 
-    /// The users with at least one stream here.
-    pub fn connected_users(&self) -> Vec<UserId> {
-        self.lock().keys().copied().collect()
-    }
-
     /// Live streams on this server.
     pub fn connections(&self) -> usize {
         self.total.load(Ordering::Relaxed)

@@ -16,7 +16,7 @@ use crate::{
     auth::AuthContext,
     error::Result,
     metrics::Metrics,
-    service::{ChatService, PresenceService},
+    service::{ChatService, PresenceService, delivery::Delivery},
     session::{CloseReason, Hub, hub::Session, outbound::response_stream},
 };
 
@@ -27,41 +27,43 @@ pub type EventStream = Pin<Box<dyn Stream<Item = std::result::Result<ServerEvent
 pub struct LiveSessions {
     chat: Arc<ChatService>,
     presence: Arc<PresenceService>,
+    delivery: Arc<Delivery>,
     hub: Arc<Hub>,
     server_id: String,
     metrics: Arc<Metrics>,
 }
 
 impl LiveSessions {
-    /// Live sessions delivering through `hub` and handling events with `chat`.
+    /// Live sessions registered in `delivery`'s hub and handling events with `chat`.
     pub fn new(
         chat: Arc<ChatService>,
         presence: Arc<PresenceService>,
-        hub: Arc<Hub>,
+        delivery: Arc<Delivery>,
         server_id: String,
         metrics: Arc<Metrics>,
     ) -> Self {
         Self {
             chat,
             presence,
-            hub,
+            hub: delivery.hub().clone(),
+            delivery,
             server_id,
             metrics,
         }
     }
 
     /// A receive-only session (Subscribe).
-    pub fn subscribe(&self, me: AuthContext) -> Result<EventStream> {
-        self.open(me).map(|(_, stream)| stream)
+    pub async fn subscribe(&self, me: AuthContext) -> Result<EventStream> {
+        self.open(me).await.map(|(_, stream)| stream)
     }
 
     /// A two-way session: `inbound` client events are handled in order by a task that ends
     /// when the client stops sending or the session closes.
-    pub fn connect<S>(&self, me: AuthContext, inbound: S) -> Result<EventStream>
+    pub async fn connect<S>(&self, me: AuthContext, inbound: S) -> Result<EventStream>
     where
         S: Stream<Item = std::result::Result<ClientEvent, Status>> + Send + Unpin + 'static,
     {
-        let (session, stream) = self.open(me)?;
+        let (session, stream) = self.open(me).await?;
         tokio::spawn(serve_inbound(
             me,
             session,
@@ -72,9 +74,15 @@ impl LiveSessions {
         Ok(stream)
     }
 
-    /// Registers a session and returns its response stream, with `ready` queued first.
-    fn open(&self, me: AuthContext) -> Result<(Arc<Session>, EventStream)> {
+    /// Registers a session (in the hub, then its route in a cluster) and returns its
+    /// response stream, with `ready` queued first. A route that cannot be written (Redis
+    /// down) is logged: the session works, and the refresh writes the route when Redis is
+    /// back.
+    async fn open(&self, me: AuthContext) -> Result<(Arc<Session>, EventStream)> {
         let (handle, outbox) = self.hub.register(me.user, me.device)?;
+        if let Err(e) = self.delivery.route_opened(me.user).await {
+            tracing::warn!(user_id = %me.user, error = %e, "cannot record the stream's route");
+        }
         let session = handle.session().clone();
         session.offer(Arc::new(ServerEvent {
             event: Some(Event::Ready(SessionReady {

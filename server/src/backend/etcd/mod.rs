@@ -54,7 +54,7 @@ use std::{
 
 use etcd_client::{
     Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, LeaseKeepAliveStream,
-    LeaseKeeper, PutOptions, Txn, TxnOp, WatchOptions,
+    LeaseKeeper, PutOptions, Txn, TxnOp, TxnOpResponse, WatchOptions,
 };
 use tokio::{sync::Notify, task::JoinHandle};
 use tokio_util::sync::CancellationToken;
@@ -415,15 +415,51 @@ impl Shared {
         let json = serde_json::to_vec(&info)
             .map_err(|e| Error::internal(format!("encode the registry entry: {e}")))?;
         let mut kv = self.client.kv_client();
-        self.call(
-            "write this server's entry",
-            kv.put(
-                self.server_key(),
-                json,
+        // Written only when free or already ours (same lease): a second live server with the
+        // same id would otherwise overwrite this one's entry and share its bus channel.
+        let key = self.server_key();
+        let write = Txn::new()
+            .when([Compare::lease(key.clone(), CompareOp::Equal, lease)])
+            .and_then([TxnOp::put(
+                key.clone(),
+                json.clone(),
                 Some(PutOptions::new().with_lease(lease)),
-            ),
-        )
-        .await?;
+            )])
+            .or_else([TxnOp::get(key.clone(), None)]);
+        let answer = self
+            .call("write this server's entry", kv.txn(write))
+            .await?;
+        if !answer.succeeded() {
+            let holder = answer.op_responses().into_iter().find_map(|op| match op {
+                TxnOpResponse::Get(get) => Some(get.kvs().first().map(|kv| kv.lease())),
+                _ => None,
+            });
+            if let Some(Some(other)) = holder {
+                return Err(Error::unavailable(format!(
+                    "server id {:?} is already registered by another live server (lease {other}): \
+                     every server needs a unique --server-id",
+                    self.me.server_id
+                )));
+            }
+            let create = Txn::new()
+                .when([Compare::version(key.clone(), CompareOp::Equal, 0)])
+                .and_then([TxnOp::put(
+                    key,
+                    json,
+                    Some(PutOptions::new().with_lease(lease)),
+                )]);
+            if !self
+                .call("write this server's entry", kv.txn(create))
+                .await?
+                .succeeded()
+            {
+                return Err(Error::unavailable(format!(
+                    "server id {:?} was registered by another server meanwhile: every server \
+                     needs a unique --server-id",
+                    self.me.server_id
+                )));
+            }
+        }
         Ok(info.connections)
     }
 

@@ -395,3 +395,20 @@ async fn etcd_registry_passes_conformance() {
     .expect("join");
     crate::backend::registry::conformance::run_all(registry.as_ref(), "conformance-1").await;
 }
+
+/// Two live servers may not share a server id: the second is refused at join (it would
+/// overwrite the first one's entry and share its bus channel).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_live_server_with_the_same_id_is_refused() {
+    let etcd = EtcdServer::start();
+    let first = join(&etcd, "twin", 5).await;
+    let second = EtcdRegistry::join(vec![etcd.endpoint()], info("twin"), options(5)).await;
+    let Err(error) = second else {
+        panic!("a second live server with the same id joined");
+    };
+    assert!(
+        error.to_string().contains("unique --server-id"),
+        "unclear refusal: {error}"
+    );
+    assert_eq!(ids(&first), vec!["twin".to_owned()]);
+}

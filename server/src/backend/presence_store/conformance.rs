@@ -189,7 +189,11 @@ pub async fn reaping_a_dead_server_names_who_went_offline_once(store: &dyn Prese
         .unwrap();
     store.add_route(&dead, routed, LONG).await.unwrap();
     store.add_route(&dead, alone, LONG).await.unwrap();
-    let mut reaped = store.reap(&dead).await.unwrap();
+    let mut reaped = store
+        .reap(&dead)
+        .await
+        .unwrap()
+        .expect("a silent server is reaped");
     reaped.sort();
     assert_eq!(reaped, vec![(alone, 9_000), (routed, 0)]);
     let found = store.lookup(&[alone, elsewhere]).await.unwrap();
@@ -198,5 +202,16 @@ pub async fn reaping_a_dead_server_names_who_went_offline_once(store: &dyn Prese
         store.routes(&[routed, alone]).await.unwrap(),
         vec![Vec::<String>::new(), vec![]]
     );
-    assert!(store.reap(&dead).await.unwrap().is_empty());
+    assert_eq!(store.reap(&dead).await.unwrap(), Some(vec![]));
+
+    // A server that still refreshes is alive (it may only have lost its registry lease).
+    let running = format!("running-{}", fresh_user().0);
+    let user = fresh_user();
+    store.set_live(&running, user, 1, LONG).await.unwrap();
+    store
+        .refresh(&running, &[(user, 2)], &[user], LONG)
+        .await
+        .unwrap();
+    assert_eq!(store.reap(&running).await.unwrap(), None);
+    assert!(store.lookup(&[user]).await.unwrap()[0].online);
 }

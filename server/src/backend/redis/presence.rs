@@ -22,13 +22,15 @@ use redis::{Script, aio::ConnectionManager};
 
 use super::{bounded, connect};
 use crate::{
-    backend::presence_store::{PresenceStore, REAP_CLAIM, SharedPresence},
+    backend::presence_store::{PresenceStore, SharedPresence},
     error::Result,
     ids::UserId,
 };
 
 /// How long a user's last-active time is kept after their last activity.
 const KEEP_LAST_ACTIVE: Duration = Duration::from_secs(30 * 24 * 3600);
+/// How long a reaped server's departure is remembered, so several reapers announce it once.
+const REAP_CLAIM: Duration = Duration::from_secs(60);
 /// Users per batch script call.
 const BATCH: usize = 500;
 const WHAT: &str = "presence";
@@ -125,6 +127,7 @@ if #KEYS > 0 then
   redis.call('SADD', members, unpack(KEYS))
   redis.call('PEXPIRE', members, ARGV[3])
 end
+redis.call('SET', 'daehwa:server:' .. ARGV[1] .. ':alive', '1', 'PX', ARGV[2])
 return #KEYS
 "#;
 
@@ -143,10 +146,12 @@ forget_if_idle(KEYS[1], ARGV[1])
 return 1
 "#;
 
-/// KEYS[1] the claim; ARGV server, claim ms. Returns {user key, last ms} for each user of
-/// the server now offline everywhere; nothing when someone else claimed the departure.
+/// KEYS[1] the claim; ARGV server, claim ms. Returns {1} while the server still refreshes,
+/// else {0, {user key, last ms}...} for each user of the server now offline everywhere
+/// (none when someone else claimed the departure).
 const REAP: &str = r#"
-if not redis.call('SET', KEYS[1], '1', 'NX', 'PX', ARGV[2]) then return {} end
+if redis.call('EXISTS', 'daehwa:server:' .. ARGV[1] .. ':alive') == 1 then return { 1 } end
+if not redis.call('SET', KEYS[1], '1', 'NX', 'PX', ARGV[2]) then return { 0 } end
 local members = members_of(ARGV[1])
 local out = {}
 for _, key in ipairs(redis.call('SMEMBERS', members)) do
@@ -156,6 +161,7 @@ for _, key in ipairs(redis.call('SMEMBERS', members)) do
   end
 end
 redis.call('DEL', members)
+table.insert(out, 1, 0)
 return out
 "#;
 
@@ -280,7 +286,13 @@ impl PresenceStore for RedisPresenceStore {
             users.entry(user).or_insert((-1, false)).1 = true;
         }
         let users: Vec<_> = users.into_iter().collect();
-        for batch in users.chunks(BATCH) {
+        // Even with no users the script runs once: it also marks this server alive.
+        let batches: Vec<&[_]> = if users.is_empty() {
+            vec![&[]]
+        } else {
+            users.chunks(BATCH).collect()
+        };
+        for batch in batches {
             let mut connection = self.connection.clone();
             let mut call = self.refresh.prepare_invoke();
             call.arg(server).arg(ms(ttl)).arg(ms(KEEP_LAST_ACTIVE));
@@ -309,18 +321,23 @@ impl PresenceStore for RedisPresenceStore {
         Ok(out)
     }
 
-    async fn reap(&self, server: &str) -> Result<Vec<(UserId, i64)>> {
+    async fn reap(&self, server: &str) -> Result<Option<Vec<(UserId, i64)>>> {
         let mut connection = self.connection.clone();
         let mut call = self.reap.key(format!("daehwa:reaped:{server}"));
         call.arg(server).arg(ms(REAP_CLAIM));
-        let reaped: Vec<(String, i64)> = bounded(WHAT, call.invoke_async(&mut connection)).await?;
-        Ok(reaped
-            .into_iter()
-            .filter_map(|(key, last)| {
+        let reply: Vec<redis::Value> = bounded(WHAT, call.invoke_async(&mut connection)).await?;
+        let mut rows = reply.into_iter();
+        if rows.next() == Some(redis::Value::Int(1)) {
+            return Ok(None);
+        }
+        Ok(Some(
+            rows.filter_map(|row| {
+                let (key, last): (String, i64) = redis::from_redis_value(&row).ok()?;
                 let id = key.strip_prefix("daehwa:presence:")?.parse().ok()?;
                 Some((UserId(id), last))
             })
-            .collect())
+            .collect(),
+        ))
     }
 
     async fn lookup(&self, users: &[UserId]) -> Result<Vec<SharedPresence>> {

@@ -655,8 +655,15 @@ impl MessageStore for TikvMessageStore {
         if new.client_msg_id.is_empty() {
             return Err(Error::invalid("client_msg_id must not be empty"));
         }
-        // This server's appends to one conversation queue here; other servers' conflict.
-        let _turn = self.stripe(new.conversation).lock().await;
+        // This server's appends to one conversation queue here; other servers' conflict. The
+        // wait is bounded like the operation itself.
+        let _turn = tokio::time::timeout(OP_TIMEOUT, self.stripe(new.conversation).lock())
+            .await
+            .map_err(|_| {
+                unavailable(format!(
+                    "append: queued behind other appends for {OP_TIMEOUT:?}"
+                ))
+            })?;
         let outcome = self
             .transact("append", |txn| {
                 let new = new.clone();

@@ -144,6 +144,7 @@ async fn fixture() -> Fixture {
         Arc::new(MemoryPresenceStore::new()),
         Arc::new(LocalBus::new()),
         false,
+        OFFLINE_AFTER,
         metrics,
     ));
     let stop = CancellationToken::new();
