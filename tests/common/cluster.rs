@@ -90,8 +90,10 @@ impl Cluster {
             &redis.url(),
             "--registry",
             &etcd.url(),
+            // Short, so a dead server drops out quickly; long enough that a loaded CI machine
+            // renews in time (the worker id is fenced at two thirds of it).
             "--registry-lease-ttl",
-            "2s",
+            "4s",
             "--signing-key-file",
             key_file.to_str().expect("utf-8 path"),
             "--server-id",

@@ -58,6 +58,9 @@ pub struct WsQuery {
     pub access_token: Option<String>,
 }
 
+/// Read and write buffer of each WebSocket connection.
+const SOCKET_BUFFER: usize = 4 * 1024;
+
 /// Upgrades the connection and runs the session.
 pub async fn upgrade(
     State(state): State<WsState>,
@@ -75,6 +78,12 @@ pub async fn upgrade(
     // far larger ones are cut off by the WebSocket layer itself.
     let hard_limit = state.max_frame_bytes + 64 * 1024;
     ws.protocols([PROTO_SUBPROTOCOL, JSON_SUBPROTOCOL])
+        // Per-connection buffers dominate an idle session's memory: tungstenite's 128 KiB
+        // defaults cost ~136 KiB per socket, 4 KiB ones ~9 KiB. Larger frames still work
+        // (the read buffer grows for them); writes are flushed once 4 KiB are queued.
+        .read_buffer_size(SOCKET_BUFFER)
+        .write_buffer_size(SOCKET_BUFFER)
+        .max_write_buffer_size(hard_limit + SOCKET_BUFFER)
         .max_message_size(hard_limit)
         .max_frame_size(hard_limit)
         .on_upgrade(move |socket| run(socket, state, token))
