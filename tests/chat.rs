@@ -723,3 +723,66 @@ async fn strangers_cannot_type_or_send_receipts_into_a_dm() {
     assert_eq!(first.await, bob.user_id);
     server.stop().await.unwrap();
 }
+
+/// A client with many sends in flight on one Connect stream (here 300, to two
+/// conversations, with a read mark and typing in between): the server commits what arrived
+/// together, yet every send_result comes back in the order sent, each conversation's seqs
+/// follow the send order, and everything is stored once.
+#[tokio::test]
+async fn pipelined_sends_on_a_stream_keep_their_order() {
+    let server = TestServer::start().await;
+    let alice = server.user("alice").await;
+    let bob = server.user("bob").await;
+    let carol = server.user("carol").await;
+    befriend(&alice, &bob).await;
+    befriend(&alice, &carol).await;
+    let (to_bob, to_carol) = (alice.dm_with(&bob), alice.dm_with(&carol));
+    let mut stream = alice.connect().await;
+    let mut sent = Vec::new();
+    for i in 0..300 {
+        let conversation = if i % 3 == 0 { &to_carol } else { &to_bob };
+        let client_msg_id = format!("pipe-{i}");
+        stream
+            .send(client_event::Event::Send(v1::SendMessageRequest {
+                client_msg_id: client_msg_id.clone(),
+                conversation_id: conversation.clone(),
+                content: Some(text_content(&format!("m{i}"))),
+            }))
+            .await;
+        sent.push((client_msg_id, conversation.clone()));
+        if i == 150 {
+            stream
+                .send(client_event::Event::Typing(v1::TypingEvent {
+                    conversation_id: to_bob.clone(),
+                }))
+                .await;
+        }
+    }
+    let mut last_seq = std::collections::HashMap::new();
+    for (client_msg_id, conversation) in &sent {
+        let result = stream
+            .next_matching(|e| match e {
+                Event::SendResult(r) => Some(r),
+                _ => None,
+            })
+            .await;
+        assert_eq!(&result.client_msg_id, client_msg_id, "results out of order");
+        let Some(Outcome::Message(message)) = result.outcome else {
+            panic!("send {client_msg_id} failed: {result:?}");
+        };
+        assert_eq!(&message.conversation_id, conversation);
+        let previous = last_seq
+            .insert(conversation.clone(), message.seq)
+            .unwrap_or(0);
+        assert_eq!(message.seq, previous + 1, "seq out of send order");
+    }
+    let stored = common::durability::sync_all(&bob, &to_bob).await;
+    assert_eq!(stored.len(), 200);
+    let texts: Vec<&str> = stored.iter().map(text_of).collect();
+    let expected: Vec<String> = (0..300)
+        .filter(|i| i % 3 != 0)
+        .map(|i| format!("m{i}"))
+        .collect();
+    assert_eq!(texts, expected);
+    server.stop().await.unwrap();
+}

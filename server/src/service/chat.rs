@@ -9,7 +9,7 @@
 //! delivery that fails (slow consumer, crash, lost envelope) is repaired by the recipient's
 //! sync.
 
-use std::{sync::Arc, time::Instant};
+use std::{collections::HashMap, sync::Arc, time::Instant};
 
 use tokio::sync::Semaphore;
 
@@ -42,6 +42,17 @@ pub struct ChatLimits {
     pub max_content_bytes: usize,
     pub max_page_size: usize,
     pub push_include_text: bool,
+}
+
+/// One message to send, as the client gave it.
+#[derive(Debug, Clone)]
+pub struct SendRequest {
+    /// The client's idempotency key.
+    pub client_msg_id: String,
+    /// The conversation id as the client wrote it.
+    pub conversation: String,
+    /// What to send.
+    pub content: Option<Content>,
 }
 
 /// A conversation as ListConversations reports it.
@@ -99,10 +110,86 @@ impl ChatService {
         conversation: &str,
         content: Option<Content>,
     ) -> Result<Message> {
-        let conversation: ConversationId = conversation.parse()?;
-        validate::content(content.as_ref(), self.limits.max_content_bytes)?;
-        let client_msg_id = validate::client_msg_id(client_msg_id)?;
-        let members = self.members_for_send(caller.user, conversation).await?;
+        let send = SendRequest {
+            client_msg_id: client_msg_id.to_owned(),
+            conversation: conversation.to_owned(),
+            content,
+        };
+        self.send_many(caller, vec![send])
+            .await
+            .pop()
+            .unwrap_or_else(|| Err(Error::internal("a send without an outcome")))
+    }
+
+    /// Stores and delivers several messages of one device, in order: those that pass
+    /// validation are committed together (one durable commit where the store can) with
+    /// their seqs in the order given, then delivered in that order. Returns one outcome per
+    /// send, in order. A Connect stream hands over what its client already sent, so a client
+    /// with several sends in flight is not served one commit at a time.
+    pub async fn send_many(
+        &self,
+        caller: AuthContext,
+        sends: Vec<SendRequest>,
+    ) -> Vec<Result<Message>> {
+        let mut outcomes: Vec<Option<Result<Message>>> = sends.iter().map(|_| None).collect();
+        let mut members_of: HashMap<ConversationId, Result<Arc<Vec<UserId>>>> = HashMap::new();
+        let mut accepted = Vec::with_capacity(sends.len());
+        let mut news = Vec::with_capacity(sends.len());
+        for (index, send) in sends.into_iter().enumerate() {
+            match self.prepare(caller, send, &mut members_of).await {
+                Ok((members, new)) => {
+                    accepted.push((index, members));
+                    news.push(new);
+                }
+                Err(e) => outcomes[index] = Some(Err(e)),
+            }
+        }
+        if !news.is_empty() {
+            let started = Instant::now();
+            let appended = self.backends.messages.append_many(news).await;
+            self.metrics
+                .store_append_latency
+                .observe(started.elapsed().as_secs_f64());
+            for ((index, members), result) in accepted.into_iter().zip(appended) {
+                outcomes[index] = Some(match result {
+                    Ok(appended) if appended.duplicate => Ok(appended.message),
+                    Ok(appended) => {
+                        self.metrics.messages_sent.inc();
+                        self.fan_out(caller, &members, &appended.message).await;
+                        Ok(appended.message)
+                    }
+                    Err(e) => Err(e),
+                });
+            }
+        }
+        outcomes
+            .into_iter()
+            .map(|o| o.unwrap_or_else(|| Err(Error::internal("a send without an outcome"))))
+            .collect()
+    }
+
+    /// Checks one send and gives it its id: validation, membership (looked up once per
+    /// conversation of a batch), rate, worker id lease.
+    async fn prepare(
+        &self,
+        caller: AuthContext,
+        send: SendRequest,
+        members_of: &mut HashMap<ConversationId, Result<Arc<Vec<UserId>>>>,
+    ) -> Result<(Arc<Vec<UserId>>, NewMessage)> {
+        let conversation: ConversationId = send.conversation.parse()?;
+        validate::content(send.content.as_ref(), self.limits.max_content_bytes)?;
+        let client_msg_id = validate::client_msg_id(&send.client_msg_id)?;
+        let members = match members_of.get(&conversation) {
+            Some(known) => known.clone()?,
+            None => {
+                let found = self
+                    .members_for_send(caller.user, conversation)
+                    .await
+                    .map(Arc::new);
+                members_of.insert(conversation, found.clone());
+                found?
+            }
+        };
         if !self.rate.try_acquire(caller.user) {
             return Err(Error::exhausted(
                 "sending too fast: slow down and retry in a moment",
@@ -119,20 +206,10 @@ impl ChatService {
             sender: caller.user,
             sender_device: caller.device,
             client_msg_id,
-            content: content.unwrap_or_default(),
+            content: send.content.unwrap_or_default(),
             created_at_ms: now_ms(),
         };
-        let started = Instant::now();
-        let appended = self.backends.messages.append(new).await?;
-        self.metrics
-            .store_append_latency
-            .observe(started.elapsed().as_secs_f64());
-        if appended.duplicate {
-            return Ok(appended.message);
-        }
-        self.metrics.messages_sent.inc();
-        self.fan_out(caller, &members, &appended.message).await;
-        Ok(appended.message)
+        Ok((members, new))
     }
 
     /// Who receives a message in `conversation`, after checking `sender` may send there:

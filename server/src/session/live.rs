@@ -1,7 +1,8 @@
 //! The live session of one device, whatever carries it (a gRPC Connect or Subscribe stream,
-//! or a gateway WebSocket): register in the hub, queue `ready`, then read client events in
-//! order. Each `send` is persisted before its `send_result` is queued, so results arrive in
-//! the order the sends were made.
+//! or a gateway WebSocket): register in the hub (and its route, in a cluster), queue `ready`,
+//! then read client events in order. Sends the client already has in flight are taken
+//! together and committed together, in order; each `send` is persisted before its
+//! `send_result` is queued, so results arrive in the order the sends were made.
 
 use std::{pin::Pin, sync::Arc};
 
@@ -9,16 +10,19 @@ use daehwa::v1::{
     ClientEvent, ErrorStatus, HeartbeatAck, SendResult, ServerEvent, SessionReady, client_event,
     send_result::Outcome, server_event::Event,
 };
-use futures::{Stream, StreamExt};
+use futures::{FutureExt, Stream, StreamExt};
 use tonic::Status;
 
 use crate::{
     auth::AuthContext,
     error::Result,
     metrics::Metrics,
-    service::{ChatService, PresenceService, delivery::Delivery},
+    service::{ChatService, PresenceService, chat::SendRequest, delivery::Delivery},
     session::{CloseReason, Hub, hub::Session, outbound::response_stream},
 };
+
+/// Client events a stream hands over at once (its sends committed together).
+const MAX_PIPELINE: usize = 64;
 
 /// The server-to-client half of a live session.
 pub type EventStream = Pin<Box<dyn Stream<Item = std::result::Result<ServerEvent, Status>> + Send>>;
@@ -109,62 +113,103 @@ async fn serve_inbound<S>(
     S: Stream<Item = std::result::Result<ClientEvent, Status>> + Send + Unpin,
 {
     loop {
-        let next = tokio::select! {
+        let first = tokio::select! {
             () = session.closed() => return,
             next = inbound.next() => next,
         };
-        let event = match next {
-            Some(Ok(ClientEvent { event: Some(event) })) => event,
-            Some(Ok(ClientEvent { event: None })) => continue,
-            None => return,
-            Some(Err(e)) => {
-                tracing::debug!(user_id = %me.user, error = %e, "client stream ended with an error");
-                match e.code() {
-                    tonic::Code::Cancelled => {}
-                    tonic::Code::OutOfRange | tonic::Code::ResourceExhausted => {
-                        session.close(CloseReason::TooLarge)
+        // Take what else the client has already sent, without waiting, so that sends in
+        // flight are committed together (in order) instead of one durable commit each.
+        let mut ready = vec![first];
+        while ready.len() < MAX_PIPELINE
+            && matches!(ready.last(), Some(Some(Ok(_))))
+            && let Some(next) = inbound.next().now_or_never()
+        {
+            ready.push(next);
+        }
+        let mut sends = Vec::new();
+        for next in ready {
+            let event = match next {
+                Some(Ok(ClientEvent { event: Some(event) })) => event,
+                Some(Ok(ClientEvent { event: None })) => continue,
+                None => {
+                    flush_sends(me, &session, &chat, &mut sends).await;
+                    return;
+                }
+                Some(Err(e)) => {
+                    flush_sends(me, &session, &chat, &mut sends).await;
+                    tracing::debug!(user_id = %me.user, error = %e, "client stream ended with an error");
+                    match e.code() {
+                        tonic::Code::Cancelled => {}
+                        tonic::Code::OutOfRange | tonic::Code::ResourceExhausted => {
+                            session.close(CloseReason::TooLarge)
+                        }
+                        _ => session.close(CloseReason::Invalid),
                     }
-                    _ => session.close(CloseReason::Invalid),
+                    return;
                 }
-                return;
-            }
-        };
-        presence.touch(me.user);
-        match event {
-            client_event::Event::Send(send) => {
-                let outcome = match chat
-                    .send(me, &send.client_msg_id, &send.conversation_id, send.content)
-                    .await
-                {
-                    Ok(message) => Outcome::Message(message),
-                    Err(e) => Outcome::Error(ErrorStatus {
-                        code: e.code() as i32,
-                        message: e.public_message(),
-                    }),
-                };
-                let result = SendResult {
+            };
+            presence.touch(me.user);
+            if let client_event::Event::Send(send) = event {
+                sends.push(SendRequest {
                     client_msg_id: send.client_msg_id,
-                    outcome: Some(outcome),
-                };
-                session.offer(Arc::new(ServerEvent {
-                    event: Some(Event::SendResult(result)),
-                }));
+                    conversation: send.conversation_id,
+                    content: send.content,
+                });
+                continue;
             }
-            client_event::Event::Read(read) => {
-                if let Err(e) = chat.mark_read(me, &read.conversation_id, read.seq).await {
-                    tracing::debug!(user_id = %me.user, error = %e, "read event refused");
+            // Anything else is handled after the sends before it, in the order sent.
+            flush_sends(me, &session, &chat, &mut sends).await;
+            match event {
+                // Queued above, never here.
+                client_event::Event::Send(_) => {}
+                client_event::Event::Read(read) => {
+                    if let Err(e) = chat.mark_read(me, &read.conversation_id, read.seq).await {
+                        tracing::debug!(user_id = %me.user, error = %e, "read event refused");
+                    }
                 }
-            }
-            client_event::Event::Typing(typing) => {
-                if let Err(e) = chat.typing(me, &typing.conversation_id).await {
-                    tracing::debug!(user_id = %me.user, error = %e, "typing event refused");
+                client_event::Event::Typing(typing) => {
+                    if let Err(e) = chat.typing(me, &typing.conversation_id).await {
+                        tracing::debug!(user_id = %me.user, error = %e, "typing event refused");
+                    }
                 }
-            }
-            client_event::Event::Heartbeat(_) => {
-                session.offer(Arc::new(ServerEvent {
-                    event: Some(Event::HeartbeatAck(HeartbeatAck {})),
-                }));
+                client_event::Event::Heartbeat(_) => {
+                    session.offer(Arc::new(ServerEvent {
+                        event: Some(Event::HeartbeatAck(HeartbeatAck {})),
+                    }));
+                }
             }
         }
+        flush_sends(me, &session, &chat, &mut sends).await;
+    }
+}
+
+/// Stores and delivers the queued sends (in order, committed together), then queues their
+/// `send_result`s in the same order.
+async fn flush_sends(
+    me: AuthContext,
+    session: &Session,
+    chat: &ChatService,
+    sends: &mut Vec<SendRequest>,
+) {
+    if sends.is_empty() {
+        return;
+    }
+    let batch = std::mem::take(sends);
+    let ids: Vec<String> = batch.iter().map(|s| s.client_msg_id.clone()).collect();
+    let outcomes = chat.send_many(me, batch).await;
+    for (client_msg_id, outcome) in ids.into_iter().zip(outcomes) {
+        let outcome = match outcome {
+            Ok(message) => Outcome::Message(message),
+            Err(e) => Outcome::Error(ErrorStatus {
+                code: e.code() as i32,
+                message: e.public_message(),
+            }),
+        };
+        session.offer(Arc::new(ServerEvent {
+            event: Some(Event::SendResult(SendResult {
+                client_msg_id,
+                outcome: Some(outcome),
+            })),
+        }));
     }
 }

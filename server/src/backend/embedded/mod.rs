@@ -215,6 +215,21 @@ impl MessageStore for EmbeddedStore {
         .await
     }
 
+    async fn append_many(&self, messages: Vec<NewMessage>) -> Vec<Result<Appended>> {
+        let count = messages.len();
+        match self
+            .write(|reply| Job::AppendMany {
+                messages,
+                reply,
+                result: None,
+            })
+            .await
+        {
+            Ok(results) => results,
+            Err(e) => vec![Err(e); count],
+        }
+    }
+
     async fn read_after(
         &self,
         conversation: ConversationId,

@@ -46,6 +46,7 @@ conformance_tests!(
     gapless_seq_under_concurrency,
     stored_message_matches_the_append,
     idempotent_client_msg_id,
+    append_many_keeps_order_and_idempotency,
     concurrent_duplicates_store_one_message,
     read_after_pages_forward,
     read_before_pages_backward,

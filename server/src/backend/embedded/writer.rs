@@ -35,6 +35,12 @@ pub(super) enum Job {
         reply: oneshot::Sender<Result<Appended>>,
         result: Option<Result<Appended>>,
     },
+    /// Several appends in order, in the same transaction.
+    AppendMany {
+        messages: Vec<NewMessage>,
+        reply: oneshot::Sender<Result<Vec<Result<Appended>>>>,
+        result: Option<Result<Vec<Result<Appended>>>>,
+    },
     MarkRead {
         user: UserId,
         conversation: ConversationId,
@@ -60,6 +66,9 @@ impl Job {
         // A caller that went away no longer needs the answer: ignore send errors.
         match self {
             Job::Append { reply, result, .. } => {
+                let _ = reply.send(outcome(committed, result));
+            }
+            Job::AppendMany { reply, result, .. } => {
                 let _ = reply.send(outcome(committed, result));
             }
             Job::MarkRead { reply, result, .. } => {
@@ -117,6 +126,15 @@ fn write_batch(db: &Database, batch: &mut [Job]) -> Result<()> {
                     message, result, ..
                 } => {
                     *result = Some(tables.append(message)?);
+                }
+                Job::AppendMany {
+                    messages, result, ..
+                } => {
+                    let mut appended = Vec::with_capacity(messages.len());
+                    for message in messages.iter() {
+                        appended.push(tables.append(message)?);
+                    }
+                    *result = Some(Ok(appended));
                 }
                 Job::MarkRead {
                     user,

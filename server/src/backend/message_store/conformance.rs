@@ -24,6 +24,7 @@ pub async fn run_all(store: Arc<dyn MessageStore>) {
     gapless_seq_under_concurrency(store.clone()).await;
     stored_message_matches_the_append(store.clone()).await;
     idempotent_client_msg_id(store.clone()).await;
+    append_many_keeps_order_and_idempotency(store.clone()).await;
     concurrent_duplicates_store_one_message(store.clone()).await;
     read_after_pages_forward(store.clone()).await;
     read_before_pages_backward(store.clone()).await;
@@ -89,6 +90,93 @@ async fn state(store: &dyn MessageStore, user: u64, conv: ConversationId) -> (u6
         .expect("states");
     assert_eq!(states.len(), 1);
     (states[0].last_seq, states[0].read_seq)
+}
+
+/// A batch keeps its order (seqs follow it per conversation, interleaved with another
+/// conversation), a repeated client_msg_id inside the batch or from before is a duplicate,
+/// and concurrent batches stay gapless.
+pub async fn append_many_keeps_order_and_idempotency(store: Arc<dyn MessageStore>) {
+    let (a, b) = (group(1_501), group(1_502));
+    let first = store
+        .append(new_message(a, 150, "before", "before"))
+        .await
+        .expect("append");
+    let batch = vec![
+        new_message(a, 150, "m1", "one"),
+        new_message(b, 150, "n1", "uno"),
+        new_message(a, 150, "m2", "two"),
+        new_message(a, 150, "m1", "one again"),
+        new_message(a, 150, "before", "before again"),
+        new_message(b, 150, "n2", "dos"),
+    ];
+    let results: Vec<_> = store
+        .append_many(batch)
+        .await
+        .into_iter()
+        .map(|r| r.expect("append_many"))
+        .collect();
+    let seen: Vec<(u64, bool)> = results
+        .iter()
+        .map(|r| (r.message.seq, r.duplicate))
+        .collect();
+    assert_eq!(
+        seen,
+        vec![
+            (2, false),
+            (1, false),
+            (3, false),
+            (2, true),
+            (first.message.seq, true),
+            (2, false)
+        ]
+    );
+    assert_eq!(
+        seqs(&store.read_after(a, 0, 10).await.unwrap()),
+        vec![1, 2, 3]
+    );
+    assert_eq!(seqs(&store.read_after(b, 0, 10).await.unwrap()), vec![1, 2]);
+    let texts: Vec<String> = store
+        .read_after(a, 0, 10)
+        .await
+        .unwrap()
+        .iter()
+        .map(|m| match m.content.as_ref().and_then(|c| c.kind.as_ref()) {
+            Some(Kind::Text(t)) => t.clone(),
+            _ => String::new(),
+        })
+        .collect();
+    assert_eq!(texts, vec!["before", "one", "two"]);
+    assert!(store.append_many(Vec::new()).await.is_empty());
+
+    // Four concurrent batches of 25 into one conversation: seqs 1..=100, each batch in order.
+    let c = group(1_503);
+    let tasks: Vec<_> = (0..4u64)
+        .map(|task| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let batch = (0..25)
+                    .map(|i| new_message(c, 160 + task, &format!("b{task}-{i}"), "x"))
+                    .collect();
+                store
+                    .append_many(batch)
+                    .await
+                    .into_iter()
+                    .map(|r| r.expect("append_many").message.seq)
+                    .collect::<Vec<u64>>()
+            })
+        })
+        .collect();
+    let mut all = Vec::new();
+    for task in tasks {
+        let seqs = task.await.expect("task");
+        assert!(
+            seqs.windows(2).all(|w| w[0] < w[1]),
+            "batch reordered: {seqs:?}"
+        );
+        all.extend(seqs);
+    }
+    all.sort_unstable();
+    assert_eq!(all, (1..=100).collect::<Vec<u64>>());
 }
 
 /// 8 tasks x 50 appends to one conversation get exactly the seqs 1..=400, and the log holds

@@ -59,6 +59,18 @@ pub trait MessageStore: Send + Sync + 'static {
     /// Appends durably and assigns the next seq; idempotent on `client_msg_id`.
     async fn append(&self, message: NewMessage) -> Result<Appended>;
 
+    /// Appends `messages` in the given order (within a conversation their seqs follow it),
+    /// each result as [`append`](Self::append) would give it. Lets a stream that sent
+    /// several messages have them committed together (one durable commit where the store
+    /// can) without reordering them. The default appends one at a time.
+    async fn append_many(&self, messages: Vec<NewMessage>) -> Vec<Result<Appended>> {
+        let mut results = Vec::with_capacity(messages.len());
+        for message in messages {
+            results.push(self.append(message).await);
+        }
+        results
+    }
+
     /// Messages with `seq > after_seq`, ascending, at most `limit`.
     async fn read_after(
         &self,
