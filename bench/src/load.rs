@@ -3,7 +3,7 @@
 //! - [`provision`]: signs users up and logs each in once (argon2 makes both deliberately
 //!   slow, so with bounded concurrency); against the relay, user ids are simply 1..=n.
 //! - [`befriend`]: the friendship direct messages and group invitations need.
-//! - [`open_session`]: one Connect stream on its own connection, past its `ready` event.
+//! - [`crate::session`]: one live session (gRPC or WebSocket) on its own connection.
 //! - [`Clock`] and [`stamped_text`]: the send time travels inside the message text, so the
 //!   recipient computes the end-to-end latency without any shared map.
 //! - [`SeqLedger`]: what one recipient got of one conversation, for the exactly-once check.
@@ -12,16 +12,15 @@ use std::{sync::Arc, time::Duration};
 
 use anyhow::Context;
 use daehwa::v1::{
-    self, ClientEvent, Content, ServerEvent, auth_service_client::AuthServiceClient,
-    chat_service_client::ChatServiceClient, content::Kind as ContentKind, server_event::Event,
+    self, ClientEvent, Content, auth_service_client::AuthServiceClient,
+    chat_service_client::ChatServiceClient, content::Kind as ContentKind,
     user_service_client::UserServiceClient,
 };
 use futures::{StreamExt, TryStreamExt, stream};
 use serde::{Deserialize, Serialize};
-use tokio::{sync::mpsc, time::Instant};
-use tokio_stream::wrappers::ReceiverStream;
+use tokio::time::Instant;
 use tonic::{
-    Request, Status, Streaming,
+    Request, Status,
     metadata::{Ascii, MetadataValue},
     service::{Interceptor, interceptor::InterceptedService},
     transport::{Channel, Endpoint},
@@ -35,10 +34,6 @@ pub const PASSWORD: &str = "bench-password-1";
 pub const LOGIN_CONCURRENCY: usize = 4;
 /// Concurrent cheap set-up calls (friend requests).
 pub const SETUP_CONCURRENCY: usize = 32;
-/// How long a new stream may take to deliver `ready`.
-pub const READY_TIMEOUT: Duration = Duration::from_secs(60);
-/// Client events queued per stream before a sender waits.
-const CLIENT_QUEUE: usize = 1024;
 
 /// A logged-in user: one device whose token opens any number of streams.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -190,37 +185,6 @@ pub async fn befriend(
         .buffer_unordered(SETUP_CONCURRENCY)
         .try_collect::<()>()
         .await
-}
-
-/// One Connect stream, past its `ready` event.
-pub struct Session {
-    /// Client events to send (bounded).
-    pub tx: mpsc::Sender<ClientEvent>,
-    /// Server events after `ready`.
-    pub rx: Streaming<ServerEvent>,
-}
-
-/// Opens a Connect stream for `identity` on `channel` and waits for `ready`.
-pub async fn open_session(channel: Channel, identity: &Identity) -> anyhow::Result<Session> {
-    let (tx, rx) = mpsc::channel(CLIENT_QUEUE);
-    let mut inbound = chat_client(channel, identity)?
-        .connect(ReceiverStream::new(rx))
-        .await
-        .context("Connect refused")?
-        .into_inner();
-    let first = tokio::time::timeout(READY_TIMEOUT, inbound.message())
-        .await
-        .context("no ready event in time")?
-        .context("stream failed before ready")?;
-    match first.and_then(|e| e.event) {
-        Some(Event::Ready(_)) => Ok(Session { tx, rx: inbound }),
-        other => anyhow::bail!("first event was not ready: {other:?}"),
-    }
-}
-
-/// Opens a session on a new connection of its own (as one device would).
-pub async fn connect_session(url: &str, identity: &Identity) -> anyhow::Result<Session> {
-    open_session(channel(url).await?, identity).await
 }
 
 /// Nanoseconds since a base instant shared by every task of this process.

@@ -1,15 +1,17 @@
 //! # chat-bench: Daehwa's load generator
 //!
-//! Runs one scenario of issue 5 over gRPC against `chatd` and, where a ceiling applies,
-//! against a bare tonic relay speaking the same Connect stream; prints Daehwa's figures
-//! beside the ceiling's with their ratio (progress on stderr, `--json` for a machine-readable
-//! summary on stdout). Exits 1 if any acknowledged message was lost or duplicated, 2 if the
-//! scenario could not run.
+//! Runs one scenario of issue 5 against `chatd` and, where a ceiling applies, against a
+//! bare relay speaking the same session protocol; prints Daehwa's figures beside the
+//! ceiling's with their ratio (progress on stderr, `--json` for a machine-readable summary
+//! on stdout). Sessions go over gRPC (`ChatService/Connect`) or, with `--transport ws`, over
+//! WebSocket (the gateway's `/v1/ws`, against a bare WebSocket relay). Exits 1 if any
+//! acknowledged message was lost or duplicated, 2 if the scenario could not run.
 //!
 //! ## Layout
 //! - `target`: the servers under load (chatd child, relay child, or `--server URL`).
-//! - `relay`: the ceiling, a bare Connect relay (`chat-bench relay-server`).
-//! - `load`: users, sessions, stamped messages, the per-recipient seq ledger.
+//! - `relay`: the ceiling, a bare relay over gRPC and WebSocket (`chat-bench relay-server`).
+//! - `load`: users, stamped messages, the per-recipient seq ledger.
+//! - `session`: one live session over either transport.
 //! - `scenario`: one module per scenario (pairs, latency, idle, catchup, storm, fanout).
 //! - `report`: HDR histograms, the table and the JSON summary.
 //! - `rss`: resident memory and CPU time of a process, and the load average, from /proc.
@@ -22,6 +24,7 @@ mod relay;
 mod report;
 mod rss;
 mod scenario;
+mod session;
 mod target;
 
 use std::{io::Write, path::PathBuf, process::ExitCode};
@@ -31,36 +34,35 @@ use clap::{Parser, Subcommand};
 use crate::{
     report::{Report, Run},
     scenario::Ctx,
+    session::Transport,
     target::Target,
 };
 
 /// Runs a scenario on the relay (when `$ceiling` and not `--no-ceiling`), stops it, then on
-/// chatd; yields `(daehwa, Option<ceiling>)`. A macro because the scenario future borrows
-/// the target it runs on.
+/// chatd (started for `$transport`); yields `(daehwa, Option<ceiling>)`. A macro because
+/// the scenario future borrows the target it runs on.
 macro_rules! both {
-    ($cli:expr, $ceiling:expr, |$t:ident| $run:expr) => {{
+    ($cli:expr, $ceiling:expr, $transport:expr, |$t:ident| $run:expr) => {{
         // Fail before the relay run, not after it, when chatd is missing.
-        if $cli.server.is_none() {
-            chatd_path(&$cli)?;
-        }
+        preflight(&$cli, $transport)?;
         let ceiling = if $ceiling && !$cli.no_ceiling {
             let $t = Target::relay().await?;
-            eprintln!("[relay] {}", $t.url);
+            announce(&$t);
             let run = $run.await;
             $t.stop().await;
             Some(run?)
         } else {
             None
         };
-        let $t = daehwa_target(&$cli).await?;
-        eprintln!("[daehwa] {}", $t.url);
+        let $t = daehwa_target(&$cli, $transport).await?;
+        announce(&$t);
         let run = $run.await;
         $t.stop().await;
         (run?, ceiling)
     }};
 }
 
-/// Daehwa's load generator: each scenario against chatd beside a bare tonic relay.
+/// Daehwa's load generator: each scenario against chatd beside a bare relay.
 #[derive(Debug, Parser)]
 #[command(name = "chat-bench", version)]
 struct Cli {
@@ -74,6 +76,10 @@ struct Cli {
     /// memory figures; it needs generous send-rate, stream and group limits).
     #[arg(long, global = true)]
     server: Option<String>,
+    /// With `--server` and `--transport ws`: the server's WebSocket URL
+    /// (`ws://HOST:PORT/v1/ws`).
+    #[arg(long, global = true)]
+    ws_url: Option<String>,
     /// Skip the relay (ceiling) run.
     #[arg(long, global = true)]
     no_ceiling: bool,
@@ -101,9 +107,12 @@ enum Command {
     /// The bare relay server (the ceiling); started by the scenarios themselves.
     #[command(hide = true)]
     RelayServer {
-        /// Address to listen on.
+        /// Address of the gRPC relay.
         #[arg(long, default_value = "127.0.0.1:0")]
         listen: std::net::SocketAddr,
+        /// Address of the WebSocket relay (`/v1/ws`).
+        #[arg(long, default_value = "127.0.0.1:0")]
+        ws_listen: std::net::SocketAddr,
     },
     /// Holds idle sessions for `idle --processes N`; started by the scenario itself.
     #[command(hide = true)]
@@ -129,10 +138,13 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     };
     let load_before = rss::load_average();
     let mut report = match &cli.command {
-        Command::RelayServer { listen } => {
-            let listener = tokio::net::TcpListener::bind(listen).await?;
-            eprintln!("relay serving addr={}", listener.local_addr()?);
-            relay::serve(listener).await?;
+        Command::RelayServer { listen, ws_listen } => {
+            let grpc = tokio::net::TcpListener::bind(listen).await?;
+            let ws = tokio::net::TcpListener::bind(ws_listen).await?;
+            // The lines `Target::relay` waits for.
+            eprintln!("{} addr={}", target::RELAY_GRPC_LINE, grpc.local_addr()?);
+            eprintln!("{} addr={}", target::RELAY_WS_LINE, ws.local_addr()?);
+            relay::serve(grpc, ws).await?;
             return Ok(ExitCode::SUCCESS);
         }
         Command::IdleWorker(p) => {
@@ -140,31 +152,43 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::SUCCESS);
         }
         Command::Pairs(p) => {
-            let (daehwa, ceiling) = both!(cli, true, |t| scenario::pairs::run(&t, &ctx, p));
-            report("pairs", p.to_json(), daehwa, ceiling)
+            let (daehwa, ceiling) = both!(cli, true, p.transport, |t| scenario::pairs::run(
+                &t, &ctx, p
+            ));
+            report("pairs", p.transport, p.to_json(), daehwa, ceiling)
         }
         Command::Latency(p) => {
-            let (daehwa, ceiling) = both!(cli, true, |t| scenario::latency::run(&t, &ctx, p));
-            report("latency", p.to_json(), daehwa, ceiling)
+            let (daehwa, ceiling) = both!(cli, true, p.transport, |t| scenario::latency::run(
+                &t, &ctx, p
+            ));
+            report("latency", p.transport, p.to_json(), daehwa, ceiling)
         }
         Command::Idle(p) => {
-            let (daehwa, ceiling) = both!(cli, true, |t| scenario::idle::run(&t, &ctx, p));
-            report("idle", p.to_json(), daehwa, ceiling)
+            let (daehwa, ceiling) =
+                both!(cli, true, p.transport, |t| scenario::idle::run(&t, &ctx, p));
+            report("idle", p.transport, p.to_json(), daehwa, ceiling)
         }
         Command::Catchup(p) => {
-            let (daehwa, ceiling) = both!(cli, false, |t| scenario::catchup::run(&t, &ctx, p));
-            let mut r = report("catchup", p.to_json(), daehwa, ceiling);
+            // Unary gRPC calls: no session transport to choose.
+            let (daehwa, ceiling) = both!(cli, false, Transport::Grpc, |t| {
+                scenario::catchup::run(&t, &ctx, p)
+            });
+            let mut r = report("catchup", Transport::Grpc, p.to_json(), daehwa, ceiling);
             r.notes
                 .push("no ceiling: the relay stores nothing to catch up from".into());
             r
         }
         Command::Storm(p) => {
-            let (daehwa, ceiling) = both!(cli, true, |t| scenario::storm::run(&t, &ctx, p));
-            report("storm", p.to_json(), daehwa, ceiling)
+            let (daehwa, ceiling) = both!(cli, true, p.transport, |t| scenario::storm::run(
+                &t, &ctx, p
+            ));
+            report("storm", p.transport, p.to_json(), daehwa, ceiling)
         }
         Command::Fanout(p) => {
-            let (daehwa, ceiling) = both!(cli, true, |t| scenario::fanout::run(&t, &ctx, p));
-            report("fanout", p.to_json(), daehwa, ceiling)
+            let (daehwa, ceiling) = both!(cli, true, p.transport, |t| scenario::fanout::run(
+                &t, &ctx, p
+            ));
+            report("fanout", p.transport, p.to_json(), daehwa, ceiling)
         }
     };
     report.notes.push(format!(
@@ -193,12 +217,14 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 
 fn report(
     scenario: &'static str,
+    transport: Transport,
     params: serde_json::Value,
     daehwa: Run,
     ceiling: Option<Run>,
 ) -> Report {
     Report {
         scenario,
+        transport,
         params,
         daehwa,
         ceiling,
@@ -206,11 +232,31 @@ fn report(
     }
 }
 
-/// The Daehwa server to measure: `--server URL`, or chatd started from `--chatd`.
-async fn daehwa_target(cli: &Cli) -> anyhow::Result<Target> {
+/// The Daehwa server to measure: `--server URL` (and `--ws-url`), or chatd started from
+/// `--chatd` (its gateway's address found too when sessions go over `transport` ws).
+async fn daehwa_target(cli: &Cli, transport: Transport) -> anyhow::Result<Target> {
     match &cli.server {
-        Some(url) => Ok(Target::external(url)),
-        None => Target::chatd(&chatd_path(cli)?, &cli.chatd_args).await,
+        Some(url) => Ok(Target::external(url, cli.ws_url.as_deref())),
+        None => Target::chatd(&chatd_path(cli)?, &cli.chatd_args, transport).await,
+    }
+}
+
+/// Prints which server a run is on, with its URLs.
+fn announce(target: &Target) {
+    match &target.ws_url {
+        Some(ws) => eprintln!("[{}] {} {ws}", target.kind.name(), target.url),
+        None => eprintln!("[{}] {}", target.kind.name(), target.url),
+    }
+}
+
+/// What the Daehwa run needs that can be checked before the relay run: the chatd binary,
+/// or with `--server` and `transport` ws, `--ws-url`.
+fn preflight(cli: &Cli, transport: Transport) -> anyhow::Result<()> {
+    match &cli.server {
+        None => chatd_path(cli).map(drop),
+        Some(url) => Target::external(url, cli.ws_url.as_deref())
+            .dial(transport)
+            .map(drop),
     }
 }
 

@@ -10,6 +10,8 @@ use std::io::Write;
 use hdrhistogram::Histogram;
 use serde_json::{Map, Value, json};
 
+use crate::session::Transport;
+
 /// Lowest latency told apart: 1 µs (values below land in the first bucket).
 const LOWEST_NS: u64 = 1_000;
 /// Highest latency recorded: 10 minutes (longer ones are clamped).
@@ -251,6 +253,8 @@ impl Run {
 pub struct Report {
     /// Scenario name (the subcommand).
     pub scenario: &'static str,
+    /// How the sessions reached both servers (the same for Daehwa and the ceiling).
+    pub transport: Transport,
     /// The parameters it ran with.
     pub params: Value,
     /// Daehwa's run.
@@ -284,6 +288,7 @@ impl Report {
         let ceiling = self.ceiling.as_ref();
         json!({
             "scenario": self.scenario,
+            "transport": self.transport.name(),
             "params": self.params,
             "daehwa": self.daehwa.to_json(),
             "ceiling": ceiling.map(Run::to_json),
@@ -299,8 +304,9 @@ impl Report {
     pub fn print_table(&self, out: &mut dyn Write) -> std::io::Result<()> {
         writeln!(
             out,
-            "\n== {} {}",
+            "\n== {} ({}) {}",
             self.scenario,
+            self.transport,
             compact_params(&self.params)
         )?;
         writeln!(
@@ -408,6 +414,7 @@ mod tests {
         ceiling.check.duplicated = 2;
         let report = Report {
             scenario: "pairs",
+            transport: Transport::Ws,
             params: json!({"pairs": 2}),
             daehwa,
             ceiling: Some(ceiling),
@@ -417,9 +424,12 @@ mod tests {
         assert_eq!(v["lost"], 1);
         assert_eq!(v["duplicated"], 2);
         assert_eq!(v["ratios"]["rate"], 0.25);
+        assert_eq!(v["transport"], "ws");
         assert_eq!(report.violations(), 3);
         let mut table = Vec::new();
         report.print_table(&mut table).unwrap();
-        assert!(String::from_utf8(table).unwrap().contains("0.250x"));
+        let table = String::from_utf8(table).unwrap();
+        assert!(table.contains("0.250x"), "{table}");
+        assert!(table.contains("== pairs (ws)"), "{table}");
     }
 }

@@ -2,6 +2,11 @@
 //! port, generous limits), the bare relay started as a child process of this binary
 //! (`chat-bench relay-server`), or an already-running server given by URL.
 //!
+//! Each target has a gRPC URL (set-up calls always use it) and, for WebSocket sessions, a
+//! `ws://HOST:PORT/v1/ws` URL: chatd's from its "gateway listening" log line (the embedded
+//! gateway), the relay's from its "relay ws serving" line, an external server's from
+//! `--ws-url`.
+//!
 //! Children log to pipes that are drained for the whole run (a full pipe would stall them);
 //! warnings and errors are echoed on stderr, and the last lines are kept to explain a
 //! failed start. Children are killed when the target is stopped or dropped.
@@ -21,6 +26,8 @@ use tokio::{
     process::{Child, Command},
     sync::mpsc,
 };
+
+use crate::session::{Dial, Transport};
 
 /// chatd flags for a load run: lift the per-user limits a load generator hits at once, and
 /// put the embedded gateway on a free port (its default, 8080, may be taken by another
@@ -73,14 +80,21 @@ pub struct Target {
     pub kind: Kind,
     /// Its gRPC URL (`http://host:port`).
     pub url: String,
+    /// Its WebSocket session URL (`ws://host:port/v1/ws`), when known.
+    pub ws_url: Option<String>,
     child: Option<Child>,
     _data_dir: Option<tempfile::TempDir>,
 }
 
 impl Target {
     /// Starts `chatd` from `path` on a free port with a temporary data dir, the flags of
-    /// [`CHATD_FLAGS`] and then `extra` flags.
-    pub async fn chatd(path: &Path, extra: &[String]) -> anyhow::Result<Self> {
+    /// [`CHATD_FLAGS`] and then `extra` flags; for `transport` ws it also waits for the
+    /// embedded gateway's address.
+    pub async fn chatd(
+        path: &Path,
+        extra: &[String],
+        transport: Transport,
+    ) -> anyhow::Result<Self> {
         if !path.exists() {
             bail!(
                 "chatd not found at {}: build it (`cargo build --release -p daehwa-server`) or pass --chatd PATH",
@@ -102,37 +116,67 @@ impl Target {
                 std::env::var("CHATD_LOG").unwrap_or("info".into()),
             )
             .env("NO_COLOR", "1");
-        let (child, addr) = spawn_serving(command, "chatd", "chatd serving").await?;
+        let markers: &[&str] = match transport {
+            Transport::Grpc => &["chatd serving"],
+            // The line of server/src/app.rs `spawn_gateway`.
+            Transport::Ws => &["chatd serving", "gateway listening"],
+        };
+        let (child, addrs) = spawn_serving(command, "chatd", markers).await?;
         Ok(Self {
             kind: Kind::Daehwa,
-            url: format!("http://{addr}"),
+            url: format!("http://{}", addrs[0]),
+            ws_url: addrs.get(1).map(|a| format!("ws://{a}/v1/ws")),
             child: Some(child),
             _data_dir: Some(dir),
         })
     }
 
-    /// Starts the relay as a child process of this binary.
+    /// Starts the relay (gRPC and WebSocket, each on a free port) as a child process of
+    /// this binary.
     pub async fn relay() -> anyhow::Result<Self> {
         let exe = std::env::current_exe().context("locating chat-bench itself")?;
         let mut command = Command::new(exe);
-        command.args(["relay-server", "--listen", "127.0.0.1:0"]);
-        let (child, addr) = spawn_serving(command, "relay", "relay serving").await?;
+        command.args([
+            "relay-server",
+            "--listen",
+            "127.0.0.1:0",
+            "--ws-listen",
+            "127.0.0.1:0",
+        ]);
+        let (child, addrs) =
+            spawn_serving(command, "relay", &[RELAY_GRPC_LINE, RELAY_WS_LINE]).await?;
         Ok(Self {
             kind: Kind::Relay,
-            url: format!("http://{addr}"),
+            url: format!("http://{}", addrs[0]),
+            ws_url: Some(format!("ws://{}/v1/ws", addrs[1])),
             child: Some(child),
             _data_dir: None,
         })
     }
 
-    /// An already-running Daehwa server: no process, so no memory figures.
-    pub fn external(url: &str) -> Self {
+    /// An already-running Daehwa server (`--server`, `--ws-url`): no process, so no memory
+    /// figures.
+    pub fn external(url: &str, ws_url: Option<&str>) -> Self {
         Self {
             kind: Kind::Daehwa,
             url: url.trim_end_matches('/').to_owned(),
+            ws_url: ws_url.map(str::to_owned),
             child: None,
             _data_dir: None,
         }
+    }
+
+    /// Where sessions over `transport` connect; an error for WebSocket when the target has
+    /// no WebSocket URL (an external server without `--ws-url`).
+    pub fn dial(&self, transport: Transport) -> anyhow::Result<Dial> {
+        let url = match transport {
+            Transport::Grpc => self.url.clone(),
+            Transport::Ws => self
+                .ws_url
+                .clone()
+                .context("no WebSocket URL for this server: pass --ws-url ws://HOST:PORT/v1/ws")?,
+        };
+        Ok(Dial { transport, url })
     }
 
     /// The server's process id, when this tool started it.
@@ -162,12 +206,18 @@ pub fn default_chatd() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("target/release/chatd"))
 }
 
-/// Spawns `command`, drains its output and waits for the line with `marker` and `addr=`.
+/// The relay's startup line for its gRPC port (`relay serving addr=...`).
+pub const RELAY_GRPC_LINE: &str = "relay serving";
+/// The relay's startup line for its WebSocket port (`relay ws serving addr=...`).
+pub const RELAY_WS_LINE: &str = "relay ws serving";
+
+/// Spawns `command`, drains its output and waits, for each of `markers`, for a line with
+/// that marker and `addr=`; returns the addresses in the order of `markers`.
 async fn spawn_serving(
     mut command: Command,
     name: &'static str,
-    marker: &'static str,
-) -> anyhow::Result<(Child, SocketAddr)> {
+    markers: &'static [&'static str],
+) -> anyhow::Result<(Child, Vec<SocketAddr>)> {
     let mut child = command
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -176,17 +226,25 @@ async fn spawn_serving(
         .spawn()
         .with_context(|| format!("spawning {name}"))?;
     let tail = Arc::new(Mutex::new(VecDeque::with_capacity(LOG_TAIL)));
-    let (addr_tx, mut addr_rx) = mpsc::channel(2);
+    let (addr_tx, mut addr_rx) = mpsc::channel(2 * markers.len());
     let pipes: [Option<Box<dyn AsyncRead + Unpin + Send>>; 2] = [
         child.stdout.take().map(|p| Box::new(p) as _),
         child.stderr.take().map(|p| Box::new(p) as _),
     ];
     for pipe in pipes.into_iter().flatten() {
-        tokio::spawn(drain(pipe, name, marker, addr_tx.clone(), tail.clone()));
+        tokio::spawn(drain(pipe, name, markers, addr_tx.clone(), tail.clone()));
     }
     drop(addr_tx);
-    match tokio::time::timeout(START_TIMEOUT, addr_rx.recv()).await {
-        Ok(Some(addr)) => Ok((child, addr)),
+    let mut addrs: Vec<Option<SocketAddr>> = vec![None; markers.len()];
+    let all = async {
+        while addrs.iter().any(Option::is_none) {
+            let (i, addr) = addr_rx.recv().await?;
+            addrs[i] = Some(addr);
+        }
+        Some(())
+    };
+    match tokio::time::timeout(START_TIMEOUT, all).await {
+        Ok(Some(())) => Ok((child, addrs.into_iter().flatten().collect())),
         outcome => {
             let _ = child.start_kill();
             let why = if outcome.is_err() {
@@ -200,7 +258,16 @@ async fn spawn_serving(
                 .iter()
                 .cloned()
                 .collect();
-            bail!("{name} {why}; its last log lines:\n{}", log.join("\n"))
+            let missing: Vec<&str> = markers
+                .iter()
+                .zip(&addrs)
+                .filter(|(_, addr)| addr.is_none())
+                .map(|(marker, _)| *marker)
+                .collect();
+            bail!(
+                "{name} {why} (no `addr=` line for {missing:?}; CHATD_LOG must keep info lines); its last log lines:\n{}",
+                log.join("\n")
+            )
         }
     }
 }
@@ -208,18 +275,18 @@ async fn spawn_serving(
 async fn drain(
     pipe: Box<dyn AsyncRead + Unpin + Send>,
     name: &'static str,
-    marker: &'static str,
-    addr: mpsc::Sender<SocketAddr>,
+    markers: &'static [&'static str],
+    addr: mpsc::Sender<(usize, SocketAddr)>,
     tail: Arc<Mutex<VecDeque<String>>>,
 ) {
     let mut lines = BufReader::new(pipe).lines();
     let mut echoed = 0;
     while let Ok(Some(line)) = lines.next_line().await {
         let line = strip_ansi(&line);
-        if line.contains(marker)
+        if let Some(i) = markers.iter().position(|m| line.contains(m))
             && let Some(a) = parse_addr(&line)
         {
-            let _ = addr.try_send(a);
+            let _ = addr.try_send((i, a));
         }
         if line.contains("WARN") || line.contains("ERROR") {
             echoed += 1;

@@ -1,6 +1,7 @@
-//! CI smoke run of `chat-bench`: every gRPC scenario at a tiny size against the debug
-//! `chatd` (and the bare relay), through the real binary. Asserts only that it works:
-//! exit status 0, and no message lost, duplicated or refused; never any timing.
+//! CI smoke run of `chat-bench`: every scenario at a tiny size against the debug `chatd`
+//! (and the bare relay), through the real binary, over gRPC and (for the session
+//! scenarios) over WebSocket. Asserts only that it works: exit status 0, and no message
+//! lost, duplicated or refused; never any timing.
 
 use std::{
     path::{Path, PathBuf},
@@ -63,6 +64,7 @@ fn bench(args: &[&str]) -> Value {
 #[test]
 fn pairs() {
     let s = bench(&["pairs", "--pairs", "2", "--seconds", "1"]);
+    assert_eq!(s["transport"], "grpc", "{s:#}");
     assert!(s["daehwa"]["check"]["acked"].as_u64().unwrap() > 0, "{s:#}");
     assert!(
         s["ceiling"]["check"]["acked"].as_u64().unwrap() > 0,
@@ -121,6 +123,86 @@ fn idle_over_two_worker_processes() {
         "--settle",
         "0.2",
     ]);
+    assert_eq!(s["daehwa"]["figures"]["ready"], 20.0, "{s:#}");
+    assert_eq!(s["ceiling"]["figures"]["ready"], 20.0, "{s:#}");
+}
+
+#[test]
+fn pairs_over_websocket() {
+    let s = bench(&[
+        "pairs",
+        "--transport",
+        "ws",
+        "--pairs",
+        "2",
+        "--seconds",
+        "1",
+    ]);
+    assert_eq!(s["transport"], "ws", "{s:#}");
+    assert!(s["daehwa"]["check"]["acked"].as_u64().unwrap() > 0, "{s:#}");
+    assert!(
+        s["ceiling"]["check"]["acked"].as_u64().unwrap() > 0,
+        "{s:#}"
+    );
+    assert!(s["ratios"]["delivered_per_s"].is_number(), "{s:#}");
+}
+
+#[test]
+fn latency_over_websocket() {
+    let s = bench(&[
+        "latency",
+        "--transport",
+        "ws",
+        "--rate",
+        "100",
+        "--pairs",
+        "2",
+        "--seconds",
+        "1",
+    ]);
+    assert_eq!(s["transport"], "ws", "{s:#}");
+    assert_eq!(s["daehwa"]["check"]["acked"], 100, "{s:#}");
+    assert_eq!(s["ceiling"]["check"]["acked"], 100, "{s:#}");
+}
+
+#[test]
+fn idle_over_websocket() {
+    let s = bench(&[
+        "idle",
+        "--transport",
+        "ws",
+        "--sessions",
+        "20",
+        "--settle",
+        "0.2",
+    ]);
+    assert_eq!(s["transport"], "ws", "{s:#}");
+    assert_eq!(s["daehwa"]["figures"]["ready"], 20.0, "{s:#}");
+    assert_eq!(s["ceiling"]["figures"]["ready"], 20.0, "{s:#}");
+    assert!(
+        s["daehwa"]["figures"]["kib_per_session"].is_number(),
+        "{s:#}"
+    );
+}
+
+#[test]
+fn fanout_over_websocket() {
+    let s = bench(&[
+        "fanout",
+        "--transport",
+        "ws",
+        "--members",
+        "5",
+        "--messages",
+        "2",
+    ]);
+    assert_eq!(s["daehwa"]["check"]["delivered"], 10, "{s:#}");
+    assert_eq!(s["ceiling"]["check"]["delivered"], 10, "{s:#}");
+}
+
+#[test]
+fn storm_over_websocket() {
+    let s = bench(&["storm", "--transport", "ws", "--sessions", "20"]);
     assert_eq!(s["daehwa"]["figures"]["ready"], 20.0, "{s:#}");
     assert_eq!(s["ceiling"]["figures"]["ready"], 20.0, "{s:#}");
 }

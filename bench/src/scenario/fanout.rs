@@ -1,5 +1,5 @@
-//! (d) Group fan-out: a group of `--members` online members (each its own user, stream and
-//! connection) and its owner; the owner sends `--messages` messages one after another, and
+//! (d) Group fan-out: a group of `--members` online members (each its own user, session and
+//! connection, over `--transport`) and its owner; the owner sends `--messages` messages one after another, and
 //! each is timed from the send to its delivery on the LAST member's stream.
 //!
 //! Against chatd the owner first becomes friends with every member (a request each way),
@@ -24,9 +24,10 @@ use tokio::{
 
 use super::Ctx;
 use crate::{
-    load::{self, Bearer, Clock, Identity, SeqLedger, Session, send_event, stamp_of, stamped_text},
+    load::{self, Bearer, Clock, Identity, SeqLedger, send_event, stamp_of, stamped_text},
     progress,
     report::{Check, Figure, Latency, Run},
+    session::{self, Session, Transport},
     target::{Kind, Target},
 };
 
@@ -47,6 +48,9 @@ pub struct Params {
     /// Message text bytes (at least 16: the time stamp).
     #[arg(long, default_value_t = 64)]
     pub size: usize,
+    /// How sessions connect: `grpc` (Connect streams) or `ws` (the gateway's `/v1/ws`).
+    #[arg(long, value_enum, default_value_t = Transport::Grpc)]
+    pub transport: Transport,
 }
 
 impl Params {
@@ -174,6 +178,7 @@ fn spawn_member(
 /// Runs the fan-out scenario on `target`.
 pub async fn run(target: &Target, ctx: &Ctx, p: &Params) -> anyhow::Result<Run> {
     anyhow::ensure!(p.members >= 1, "--members must be at least 1");
+    let dial = target.dial(p.transport)?;
     progress!(
         "fanout",
         target,
@@ -184,9 +189,8 @@ pub async fn run(target: &Target, ctx: &Ctx, p: &Params) -> anyhow::Result<Run> 
     let (owner, members) = ids.split_first().context("no users")?;
     let conversation = create_group(target, owner, members).await?;
     progress!("fanout", target, "connecting {} members", p.members);
-    let url = target.url.as_str();
     let sessions: Vec<Session> = stream::iter(members)
-        .map(|m| load::connect_session(url, m))
+        .map(|m| session::connect_session(&dial, m))
         .buffer_unordered(128)
         .try_collect()
         .await
@@ -206,7 +210,7 @@ pub async fn run(target: &Target, ctx: &Ctx, p: &Params) -> anyhow::Result<Run> 
         })
         .collect();
     drop(deliveries_tx);
-    let mut owner_session = load::connect_session(url, owner)
+    let mut owner_session = session::connect_session(&dial, owner)
         .await
         .context("connecting the owner")?;
     tokio::time::sleep(Duration::from_millis(500)).await;

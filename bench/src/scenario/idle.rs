@@ -1,6 +1,7 @@
-//! (c) Idle sessions: `--sessions` Connect streams, each on its own TCP connection (as
-//! separate devices would be), held open and silent; the server's resident memory before
-//! and after gives its cost per session.
+//! (c) Idle sessions: `--sessions` sessions (Connect streams, or WebSockets with
+//! `--transport ws`), each on its own TCP connection (as separate devices would be), held
+//! open and silent; the server's resident memory before and after gives its cost per
+//! session.
 //!
 //! The open-file limit is 20,000 per process here and cannot be raised, so one load
 //! generator holds at most ~19,000 sockets: with `--processes P` (by default one per 10,000
@@ -37,6 +38,7 @@ use crate::{
     load::{self, Identity},
     progress,
     report::{Check, Figure, Run},
+    session::{self, Dial, Transport},
     target::Target,
 };
 
@@ -60,6 +62,9 @@ pub struct Params {
     /// Seconds to wait after the last session is ready before reading the server's memory.
     #[arg(long, default_value_t = 2.0)]
     pub settle: f64,
+    /// How sessions connect: `grpc` (Connect streams) or `ws` (the gateway's `/v1/ws`).
+    #[arg(long, value_enum, default_value_t = Transport::Grpc)]
+    pub transport: Transport,
 }
 
 impl Params {
@@ -84,9 +89,12 @@ impl Params {
 /// Flags of the hidden `chat-bench idle-worker` (identities come on stdin).
 #[derive(Debug, Clone, Args)]
 pub struct WorkerParams {
-    /// The server's URL.
+    /// The server's URL for `--transport`.
     #[arg(long)]
     pub url: String,
+    /// How the sessions connect.
+    #[arg(long, value_enum, default_value_t = Transport::Grpc)]
+    pub transport: Transport,
     /// Sessions to open.
     #[arg(long)]
     pub sessions: usize,
@@ -117,13 +125,13 @@ struct Held {
     ended: Arc<AtomicU64>,
 }
 
-async fn open_many(url: &str, ids: &[Identity], n: usize) -> Held {
+async fn open_many(dial: &Dial, ids: &[Identity], n: usize) -> Held {
     let ended = Arc::new(AtomicU64::new(0));
     let mut check = Check::default();
     let mut senders = Vec::with_capacity(n);
     let mut drainers = JoinSet::new();
     let mut opened = stream::iter(0..n)
-        .map(|i| load::connect_session(url, &ids[i % ids.len()]))
+        .map(|i| session::connect_session(dial, &ids[i % ids.len()]))
         .buffer_unordered(OPENING);
     while let Some(result) = opened.next().await {
         match result {
@@ -153,6 +161,7 @@ async fn open_many(url: &str, ids: &[Identity], n: usize) -> Held {
 /// Runs the idle-sessions scenario on `target`.
 pub async fn run(target: &Target, ctx: &Ctx, p: &Params) -> anyhow::Result<Run> {
     progress!("idle", target, "logging in {} users", p.users());
+    let dial = target.dial(p.transport)?;
     let ids = load::provision(target.kind, &target.url, ctx.run, p.users()).await?;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let before = target.rss_kib();
@@ -160,15 +169,16 @@ pub async fn run(target: &Target, ctx: &Ctx, p: &Params) -> anyhow::Result<Run> 
     progress!(
         "idle",
         target,
-        "opening {} sessions from {processes} process(es)",
-        p.sessions
+        "opening {} {} sessions from {processes} process(es)",
+        p.sessions,
+        p.transport
     );
     let mut check = Check::default();
     let mut ready = 0u64;
     let mut workers = Vec::new();
     let mut local = None;
     if processes == 1 {
-        let held = open_many(&target.url, &ids, p.sessions).await;
+        let held = open_many(&dial, &ids, p.sessions).await;
         ready = held.senders.len() as u64;
         check.absorb(held.check.clone());
         local = Some(held);
@@ -178,7 +188,7 @@ pub async fn run(target: &Target, ctx: &Ctx, p: &Params) -> anyhow::Result<Run> 
             // Rotate the identities so the workers spread over all users.
             let mut mine = ids.clone();
             mine.rotate_left(w % ids.len());
-            workers.push(Worker::spawn(&target.url, share, &mine).await?);
+            workers.push(Worker::spawn(&dial, share, &mine).await?);
         }
         for worker in &mut workers {
             let opened: Opened = worker.answer().await?;
@@ -248,10 +258,12 @@ struct Worker {
 }
 
 impl Worker {
-    async fn spawn(url: &str, sessions: usize, ids: &[Identity]) -> anyhow::Result<Self> {
+    async fn spawn(dial: &Dial, sessions: usize, ids: &[Identity]) -> anyhow::Result<Self> {
         let exe = std::env::current_exe().context("locating chat-bench itself")?;
         let mut child = Command::new(exe)
-            .args(["idle-worker", "--url", url, "--sessions"])
+            .args(["idle-worker", "--url", &dial.url, "--transport"])
+            .arg(dial.transport.name())
+            .arg("--sessions")
             .arg(sessions.to_string())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -288,7 +300,11 @@ pub async fn worker(p: &WorkerParams) -> anyhow::Result<()> {
     let line = stdin.next_line().await?.context("no identities on stdin")?;
     let ids: Vec<Identity> = serde_json::from_str(&line).context("bad identities")?;
     anyhow::ensure!(!ids.is_empty(), "no identities on stdin");
-    let held = open_many(&p.url, &ids, p.sessions).await;
+    let dial = Dial {
+        transport: p.transport,
+        url: p.url.clone(),
+    };
+    let held = open_many(&dial, &ids, p.sessions).await;
     let opened = Opened {
         ready: held.senders.len() as u64,
         errors: held.check.errors,

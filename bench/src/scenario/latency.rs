@@ -13,7 +13,6 @@ use tokio::{
     sync::{mpsc, oneshot},
     time::Instant,
 };
-use tonic::Streaming;
 
 use super::{
     Ctx,
@@ -23,6 +22,7 @@ use crate::{
     load::{Clock, send_event, stamped_text},
     progress,
     report::{Check, CpuWindow, Figure, Run},
+    session::{Inbound, Transport},
     target::Target,
 };
 
@@ -46,6 +46,9 @@ pub struct Params {
     /// Message text bytes (at least 16: the time stamp).
     #[arg(long, default_value_t = 64)]
     pub size: usize,
+    /// How sessions connect: `grpc` (Connect streams) or `ws` (the gateway's `/v1/ws`).
+    #[arg(long, value_enum, default_value_t = Transport::Grpc)]
+    pub transport: Transport,
 }
 
 impl Params {
@@ -58,7 +61,7 @@ impl Params {
 /// Runs the open-loop latency scenario on `target`.
 pub async fn run(target: &Target, ctx: &Ctx, p: &Params) -> anyhow::Result<Run> {
     anyhow::ensure!(p.rate > 0.0, "--rate must be positive");
-    let set = pairs::set_up(target, ctx, "latency", p.pairs).await?;
+    let set = pairs::set_up(target, ctx, "latency", p.pairs, p.transport).await?;
     let total = (p.rate * p.seconds).round() as u64;
     progress!(
         "latency",
@@ -136,7 +139,7 @@ pub async fn run(target: &Target, ctx: &Ctx, p: &Params) -> anyhow::Result<Run> 
 
 /// Reads a sender's `send_result`s until it has as many as it is told were sent (or none
 /// came for [`ANSWER_TIMEOUT`] after being told).
-async fn read_acks(mut rx: Streaming<ServerEvent>, expect: oneshot::Receiver<u64>) -> Sent {
+async fn read_acks(mut rx: Inbound, expect: oneshot::Receiver<u64>) -> Sent {
     let mut out = Sent::default();
     let mut expect = Some(expect);
     let mut wanted: Option<u64> = None;

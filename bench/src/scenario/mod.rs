@@ -1,7 +1,9 @@
-//! The scenarios of issue 5 that run over gRPC, one module each. Every scenario is a function
-//! `run(target, ctx, params) -> Run` that sets up its users on the target, measures, and
-//! checks that every acknowledged message arrived exactly once; `main` runs it against the
-//! relay (the ceiling, where one applies) and then against chatd, and prints both.
+//! The scenarios of issue 5, one module each. Every scenario is a function
+//! `run(target, ctx, params) -> Run` that sets up its users on the target (over gRPC),
+//! measures, and checks that every acknowledged message arrived exactly once; `main` runs it
+//! against the relay (the ceiling, where one applies) and then against chatd, and prints
+//! both. The session scenarios (pairs, latency, idle, storm, fanout) take `--transport
+//! grpc|ws`: their sessions are [`crate::session::Session`]s, the same code for either.
 //!
 //! - [`pairs`]: 1:1 pairs, closed loop (N sends in flight per sender): delivered msg/s.
 //! - [`latency`]: 1:1 pairs, open loop at a fixed offered rate: latency from the intended

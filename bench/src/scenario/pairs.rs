@@ -4,7 +4,8 @@
 //! send was queued) to its delivery. Figures: delivered msg/s and the latency percentiles.
 //!
 //! The pair machinery here (set-up, recipients, the final exactly-once check) is shared by
-//! the open-loop [`super::latency`] scenario.
+//! the open-loop [`super::latency`] scenario. Sessions go over `--transport` (gRPC or
+//! WebSocket); nothing else depends on it.
 
 use std::time::Duration;
 
@@ -18,13 +19,13 @@ use tokio::{
     task::JoinHandle,
     time::Instant,
 };
-use tonic::Streaming;
 
 use super::Ctx;
 use crate::{
-    load::{self, Clock, Identity, SeqLedger, Session, send_event, stamp_of, stamped_text},
+    load::{self, Clock, Identity, SeqLedger, send_event, stamp_of, stamped_text},
     progress,
     report::{Check, CpuWindow, Figure, Latency, Run},
+    session::{self, Inbound, Session, Transport},
     target::Target,
 };
 
@@ -48,6 +49,9 @@ pub struct Params {
     /// Message text bytes (at least 16: the time stamp).
     #[arg(long, default_value_t = 64)]
     pub size: usize,
+    /// How sessions connect: `grpc` (Connect streams) or `ws` (the gateway's `/v1/ws`).
+    #[arg(long, value_enum, default_value_t = Transport::Grpc)]
+    pub transport: Transport,
 }
 
 impl Params {
@@ -67,25 +71,28 @@ pub struct Pair {
     pub recipient: Session,
 }
 
-/// Signs up `2n` users, befriends them in pairs and opens one stream per user.
+/// Signs up `2n` users, befriends them in pairs and opens one session per user over
+/// `transport`.
 pub async fn set_up(
     target: &Target,
     ctx: &Ctx,
     scenario: &str,
     n: usize,
+    transport: Transport,
 ) -> anyhow::Result<Vec<Pair>> {
+    let dial = target.dial(transport)?;
     progress!(scenario, target, "setting up {n} pairs");
     let ids = load::provision(target.kind, &target.url, ctx.run, 2 * n).await?;
     let pairs: Vec<(&Identity, &Identity)> = ids.chunks_exact(2).map(|c| (&c[0], &c[1])).collect();
     load::befriend(target.kind, &target.url, &pairs).await?;
-    progress!(scenario, target, "opening {} streams", 2 * n);
-    let url = target.url.as_str();
+    progress!(scenario, target, "opening {} {transport} sessions", 2 * n);
+    let dial = &dial;
     stream::iter(pairs)
         .map(|(a, b)| async move {
-            let sender = load::connect_session(url, a)
+            let sender = session::connect_session(dial, a)
                 .await
                 .context("opening a sender's stream")?;
-            let recipient = load::connect_session(url, b)
+            let recipient = session::connect_session(dial, b)
                 .await
                 .context("opening a recipient's stream")?;
             anyhow::Ok(Pair {
@@ -142,7 +149,7 @@ pub fn spawn_recipient(session: Session, conversation: String, clock: Clock) -> 
 }
 
 async fn receive(
-    mut rx: Streaming<ServerEvent>,
+    mut rx: Inbound,
     _keep_open: mpsc::Sender<ClientEvent>,
     conversation: String,
     clock: Clock,
@@ -252,7 +259,7 @@ pub async fn settle(sent: Vec<Sent>, recipients: Vec<Recipient>) -> Totals {
 
 /// Runs the closed-loop pairs scenario on `target`.
 pub async fn run(target: &Target, ctx: &Ctx, p: &Params) -> anyhow::Result<Run> {
-    let pairs = set_up(target, ctx, "pairs", p.pairs).await?;
+    let pairs = set_up(target, ctx, "pairs", p.pairs, p.transport).await?;
     progress!(
         "pairs",
         target,

@@ -1,5 +1,6 @@
 //! (f) Connect storm: `--sessions` devices connect at once, each on a new TCP connection
-//! (HTTP/2 handshake, Connect, wait for `ready`). Logins are done beforehand (a few users,
+//! (HTTP/2 handshake and Connect, or with `--transport ws` the WebSocket upgrade; then wait
+//! for `ready`). Logins are done beforehand (a few users,
 //! many streams each), so the storm measures connection and session set-up, not argon2.
 //! Figures: time until every session is ready, connects/s, per-session connect latency;
 //! every failure is an error.
@@ -17,6 +18,7 @@ use super::Ctx;
 use crate::{
     load, progress,
     report::{Check, Figure, Latency, Run},
+    session::{self, Transport},
     target::Target,
 };
 
@@ -29,6 +31,9 @@ pub struct Params {
     /// Users the sessions belong to (default: one per 500 sessions).
     #[arg(long)]
     pub users: Option<usize>,
+    /// How sessions connect: `grpc` (Connect streams) or `ws` (the gateway's `/v1/ws`).
+    #[arg(long, value_enum, default_value_t = Transport::Grpc)]
+    pub transport: Transport,
 }
 
 impl Params {
@@ -47,22 +52,24 @@ impl Params {
 
 /// Runs the connect storm on `target`.
 pub async fn run(target: &Target, ctx: &Ctx, p: &Params) -> anyhow::Result<Run> {
+    let dial = target.dial(p.transport)?;
     progress!("storm", target, "logging in {} users", p.users());
     let ids = load::provision(target.kind, &target.url, ctx.run, p.users()).await?;
     progress!(
         "storm",
         target,
-        "{} sessions connecting at once",
-        p.sessions
+        "{} {} sessions connecting at once",
+        p.sessions,
+        p.transport
     );
     let started = Instant::now();
     let mut tasks = JoinSet::new();
     for i in 0..p.sessions {
         let identity = ids[i % ids.len()].clone();
-        let url = target.url.clone();
+        let dial = dial.clone();
         tasks.spawn(async move {
             let t = Instant::now();
-            let session = load::connect_session(&url, &identity).await;
+            let session = session::connect_session(&dial, &identity).await;
             (session, t.elapsed())
         });
     }
