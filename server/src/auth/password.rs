@@ -1,16 +1,75 @@
 //! Password hashing with argon2id (the `argon2` crate's defaults: 19 MiB, 2 passes). Hashing
-//! takes tens of milliseconds of CPU, so it runs on the blocking pool, and a semaphore bounds
-//! how many run at once (memory and CPU stay bounded under a login storm).
+//! takes tens of milliseconds of CPU, so it runs off the async runtime, on a fixed pool of
+//! [`HASHING_THREADS`] threads fed by a bounded queue: CPU and memory stay bounded under a
+//! login storm. A fixed pool (not tokio's blocking pool, which grows to hundreds of threads)
+//! also bounds what the allocator keeps: each thread's 19 MiB working memory is reused by
+//! its next hash instead of being retained once per short-lived thread.
 
-use std::sync::{Arc, LazyLock};
+use std::sync::{Arc, LazyLock, Mutex};
 
 use argon2::{Argon2, PasswordHash, PasswordHasher, PasswordVerifier, password_hash::SaltString};
-use tokio::sync::Semaphore;
+use tokio::sync::{mpsc, oneshot};
 
 use crate::error::{Error, Result};
 
-/// Concurrent hash computations allowed.
-static HASHING: LazyLock<Arc<Semaphore>> = LazyLock::new(|| Arc::new(Semaphore::new(4)));
+/// Threads that compute hashes: the most that run at once.
+const HASHING_THREADS: usize = 4;
+/// Hashes waiting for a thread before callers wait to queue theirs.
+const HASHING_QUEUE: usize = 1024;
+
+type Job = Box<dyn FnOnce() + Send>;
+
+/// The queue of the hashing threads, started on first use.
+static HASHING: LazyLock<Option<mpsc::Sender<Job>>> = LazyLock::new(start_hashing_threads);
+
+fn start_hashing_threads() -> Option<mpsc::Sender<Job>> {
+    let (sender, receiver) = mpsc::channel::<Job>(HASHING_QUEUE);
+    let receiver = Arc::new(Mutex::new(receiver));
+    for n in 0..HASHING_THREADS {
+        let receiver = receiver.clone();
+        let spawned = std::thread::Builder::new()
+            .name(format!("password-hash-{n}"))
+            .spawn(move || {
+                loop {
+                    // The lock is held only while waiting for the next job, never while hashing.
+                    let job = receiver
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .blocking_recv();
+                    match job {
+                        Some(job) => job(),
+                        None => return,
+                    }
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::error!(error = %e, "cannot start a password hashing thread");
+            if n == 0 {
+                return None;
+            }
+        }
+    }
+    Some(sender)
+}
+
+/// Runs `work` on a hashing thread.
+async fn on_hashing_thread<T: Send + 'static>(
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Result<T> {
+    let queue = HASHING
+        .as_ref()
+        .ok_or_else(|| Error::unavailable("password hashing is unavailable"))?;
+    let (reply, answer) = oneshot::channel();
+    queue
+        .send(Box::new(move || {
+            let _ = reply.send(work());
+        }))
+        .await
+        .map_err(|_| Error::unavailable("password hashing is unavailable"))?;
+    answer
+        .await
+        .map_err(|_| Error::internal("a password hashing job failed"))
+}
 
 /// A hash of a password nobody has, verified when the username is unknown so that unknown
 /// users and wrong passwords take the same time.
@@ -19,24 +78,12 @@ static DECOY_HASH: LazyLock<Option<String>> =
 
 /// Hashes a new password (PHC string format).
 pub async fn hash(password: String) -> Result<String> {
-    let _permit = HASHING
-        .clone()
-        .acquire_owned()
-        .await
-        .map_err(|_| Error::unavailable("server shutting down"))?;
-    tokio::task::spawn_blocking(move || hash_blocking(&password))
-        .await
-        .map_err(|e| Error::internal(format!("hash task failed: {e}")))?
+    on_hashing_thread(move || hash_blocking(&password)).await?
 }
 
 /// Checks a password against a stored hash; `None` runs a decoy check and returns false.
 pub async fn verify(password: String, stored: Option<String>) -> Result<bool> {
-    let _permit = HASHING
-        .clone()
-        .acquire_owned()
-        .await
-        .map_err(|_| Error::unavailable("server shutting down"))?;
-    tokio::task::spawn_blocking(move || {
+    on_hashing_thread(move || {
         let matched = match stored.as_deref().or(DECOY_HASH.as_deref()) {
             Some(phc) => verify_blocking(&password, phc),
             None => false,
@@ -44,7 +91,6 @@ pub async fn verify(password: String, stored: Option<String>) -> Result<bool> {
         matched && stored.is_some()
     })
     .await
-    .map_err(|e| Error::internal(format!("verify task failed: {e}")))
 }
 
 fn hash_blocking(password: &str) -> Result<String> {
