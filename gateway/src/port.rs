@@ -15,8 +15,10 @@ pub type ServerEvents = Pin<Box<dyn Stream<Item = Result<ServerEvent, Status>> +
 pub struct LiveSession {
     /// Server events, `ready` first.
     pub events: ServerEvents,
-    /// Client events, handled in order; dropping it ends the client's half.
-    pub client_events: mpsc::Sender<ClientEvent>,
+    /// Client events, handled in order; dropping it ends the client's half. Boxed: a channel
+    /// allocates its first block of 32 slots up front, and an idle session should not pay
+    /// 32 × 128 bytes for events it has not sent.
+    pub client_events: mpsc::Sender<Box<ClientEvent>>,
 }
 
 /// Opens live sessions for authenticated clients.

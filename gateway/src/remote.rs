@@ -17,7 +17,7 @@ use std::{
 };
 
 use daehwa::v1::{
-    GetChatServerRequest, SyncMessagesRequest, SyncMessagesResponse,
+    ClientEvent, GetChatServerRequest, SyncMessagesRequest, SyncMessagesResponse,
     chat_service_client::ChatServiceClient, discovery_service_client::DiscoveryServiceClient,
 };
 use tokio::sync::mpsc;
@@ -175,11 +175,14 @@ impl Interceptor for Bearer {
 #[async_trait::async_trait]
 impl SessionPort for RemotePort {
     async fn open(&self, access_token: &str) -> Result<LiveSession, Status> {
-        let (client_events, rx) = mpsc::channel(CLIENT_EVENT_QUEUE);
+        let (client_events, rx) = mpsc::channel::<Box<ClientEvent>>(CLIENT_EVENT_QUEUE);
         let events = self
             .chat(access_token, true)
             .await?
-            .connect(ReceiverStream::new(rx))
+            .connect(tokio_stream::StreamExt::map(
+                ReceiverStream::new(rx),
+                |event| *event,
+            ))
             .await?
             .into_inner();
         Ok(LiveSession {

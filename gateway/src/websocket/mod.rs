@@ -163,7 +163,7 @@ async fn run(socket: WebSocket, state: WsState, token: Option<String>) {
                 }
                 match codec.decode(&frame) {
                     Ok(event) => {
-                        if client_events.send(event).await.is_err() {
+                        if client_events.send(Box::new(event)).await.is_err() {
                             return; // the session ended; its status arrives on `events`
                         }
                     }

@@ -9,7 +9,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
 
-use daehwa::v1::{SyncMessagesRequest, SyncMessagesResponse};
+use daehwa::v1::{ClientEvent, SyncMessagesRequest, SyncMessagesResponse};
 
 use crate::{
     auth::Authenticator, metrics::Metrics, service::ChatService, session::live::LiveSessions,
@@ -41,7 +41,10 @@ impl SessionPort for GatewaySessions {
         let (client_events, rx) = mpsc::channel(CLIENT_EVENT_QUEUE);
         let events = self
             .live
-            .connect(me, ReceiverStream::new(rx).map(Ok))
+            .connect(
+                me,
+                ReceiverStream::new(rx).map(|event: Box<ClientEvent>| Ok(*event)),
+            )
             .await
             .map_err(count)?;
         Ok(LiveSession {

@@ -207,7 +207,11 @@ mod tests {
             .hash_password(b"old account", &salt)
             .unwrap()
             .to_string();
-        assert!(verify("old account".into(), Some(theirs.clone())).await.unwrap());
+        assert!(
+            verify("old account".into(), Some(theirs.clone()))
+                .await
+                .unwrap()
+        );
         assert!(!verify("old acount".into(), Some(theirs)).await.unwrap());
         let ours = hash("new account".into()).await.unwrap();
         let parsed = PasswordHash::new(&ours).unwrap();
@@ -216,6 +220,10 @@ mod tests {
                 .verify_password(b"new account", &parsed)
                 .is_ok()
         );
-        assert!(!verify("new account".into(), Some("not a hash".into())).await.unwrap());
+        assert!(
+            !verify("new account".into(), Some("not a hash".into()))
+                .await
+                .unwrap()
+        );
     }
 }
