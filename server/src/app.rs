@@ -163,7 +163,7 @@ pub async fn run(
             .clone()
             .unwrap_or(listener.local_addr()?.to_string()),
         websocket_url: match &gateway_listener {
-            Some(listener) => format!("ws://{}/v1/ws", listener.local_addr()?),
+            Some(listener) => websocket_url(listener.local_addr()?, config.advertise.as_deref()),
             None => String::new(),
         },
         connections: 0,
@@ -314,6 +314,21 @@ async fn build_services(
         chat,
         live,
     })
+}
+
+/// The WebSocket URL Discovery hands out for a gateway bound to `bound`: its own address,
+/// or, when it listens on every interface, the host of `advertise` (the address others use)
+/// with the gateway's port.
+fn websocket_url(bound: std::net::SocketAddr, advertise: Option<&str>) -> String {
+    let host = match advertise
+        .and_then(|a| a.rsplit_once(':'))
+        .map(|(host, _)| host)
+    {
+        Some(host) if bound.ip().is_unspecified() && !host.is_empty() => host.to_owned(),
+        _ if bound.is_ipv6() => format!("[{}]", bound.ip()),
+        _ => bound.ip().to_string(),
+    };
+    format!("ws://{host}:{}/v1/ws", bound.port())
 }
 
 /// Joins the configured registry: this process alone (`static`), or etcd.
@@ -517,5 +532,30 @@ fn gateway_config(config: &Config) -> daehwa_gateway::GatewayConfig {
         allowed_origins: config.gateway_allowed_origins.clone(),
         max_frame_bytes: config.max_request_bytes(),
         ..daehwa_gateway::GatewayConfig::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::websocket_url;
+
+    #[test]
+    fn websocket_urls_use_the_advertised_host_when_bound_to_every_interface() {
+        let any = "0.0.0.0:8080".parse().unwrap();
+        let local = "127.0.0.1:8080".parse().unwrap();
+        assert_eq!(
+            websocket_url(any, Some("chat-1.example:50051")),
+            "ws://chat-1.example:8080/v1/ws"
+        );
+        assert_eq!(
+            websocket_url(local, Some("chat-1.example:50051")),
+            "ws://127.0.0.1:8080/v1/ws"
+        );
+        assert_eq!(websocket_url(local, None), "ws://127.0.0.1:8080/v1/ws");
+        assert_eq!(websocket_url(any, None), "ws://0.0.0.0:8080/v1/ws");
+        assert_eq!(
+            websocket_url("[::1]:9000".parse().unwrap(), None),
+            "ws://[::1]:9000/v1/ws"
+        );
     }
 }
