@@ -177,12 +177,17 @@ impl Hub {
     }
 
     /// Registers a stream; `ResourceExhausted` when the user has too many.
+    /// `first` is queued before the session is visible to any delivery, so it is the first
+    /// event the session sees (its `ready`).
     pub fn register(
         self: &Arc<Self>,
         user: UserId,
         device: DeviceId,
+        first: Arc<ServerEvent>,
     ) -> Result<(SessionHandle, mpsc::Receiver<Arc<ServerEvent>>)> {
         let (tx, rx) = mpsc::channel(self.outbox_capacity);
+        // A fresh channel with room for at least 16 events: this cannot fail.
+        let _ = tx.try_send(first);
         let session = Arc::new(Session {
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
             user,

@@ -83,18 +83,20 @@ impl LiveSessions {
     /// down) is logged: the session works, and the refresh writes the route when Redis is
     /// back.
     async fn open(&self, me: AuthContext) -> Result<(Arc<Session>, EventStream)> {
-        let (handle, outbox) = self.hub.register(me.user, me.device)?;
-        if let Err(e) = self.delivery.route_opened(me.user).await {
-            tracing::warn!(user_id = %me.user, error = %e, "cannot record the stream's route");
-        }
-        let session = handle.session().clone();
-        session.offer(Arc::new(ServerEvent {
+        let ready = Arc::new(ServerEvent {
             event: Some(Event::Ready(SessionReady {
                 user_id: me.user.0,
                 device_id: me.device.0,
                 server_id: self.server_id.clone(),
             })),
-        }));
+        });
+        // `ready` is first in the outbox; the client sees it only once this returns, after
+        // the route is written.
+        let (handle, outbox) = self.hub.register(me.user, me.device, ready)?;
+        if let Err(e) = self.delivery.route_opened(me.user).await {
+            tracing::warn!(user_id = %me.user, error = %e, "cannot record the stream's route");
+        }
+        let session = handle.session().clone();
         Ok((
             session,
             Box::pin(response_stream(handle, outbox, self.metrics.clone())),

@@ -122,6 +122,11 @@ impl Directory for TwoFriends {
     async fn close(&self) {}
 }
 
+/// A placeholder first event for sessions registered directly in the hub.
+fn ready() -> Arc<daehwa::v1::ServerEvent> {
+    Arc::new(daehwa::v1::ServerEvent { event: None })
+}
+
 const OFFLINE_AFTER: Duration = Duration::from_secs(30);
 const HEARTBEAT: Duration = Duration::from_secs(5);
 
@@ -216,14 +221,14 @@ async fn a_reconnect_within_the_grace_does_not_flap_but_staying_away_goes_offlin
     let f = fixture().await;
     let mut watch = f.presence.watch(f.bob, &[f.alice]).await.unwrap();
     assert_eq!(next(&mut watch.events).await.1, PresenceStatus::Offline);
-    let (first, _rx) = f.hub.register(f.alice, DeviceId(1)).unwrap();
+    let (first, _rx) = f.hub.register(f.alice, DeviceId(1), ready()).unwrap();
     assert_eq!(
         next(&mut watch.events).await,
         (f.alice.0, PresenceStatus::Online)
     );
     drop(first);
     tokio::time::sleep(HEARTBEAT / 2).await;
-    let (second, _rx2) = f.hub.register(f.alice, DeviceId(1)).unwrap();
+    let (second, _rx2) = f.hub.register(f.alice, DeviceId(1), ready()).unwrap();
     tokio::time::sleep(HEARTBEAT * 2).await;
     assert!(
         watch.events.try_recv().is_err(),
@@ -247,8 +252,8 @@ async fn overlapping_streams_count_in_order() {
     let f = fixture().await;
     let mut watch = f.presence.watch(f.bob, &[f.alice]).await.unwrap();
     next(&mut watch.events).await;
-    let (a, _ra) = f.hub.register(f.alice, DeviceId(1)).unwrap();
-    let (b, _rb) = f.hub.register(f.alice, DeviceId(2)).unwrap();
+    let (a, _ra) = f.hub.register(f.alice, DeviceId(1), ready()).unwrap();
+    let (b, _rb) = f.hub.register(f.alice, DeviceId(2), ready()).unwrap();
     assert_eq!(next(&mut watch.events).await.1, PresenceStatus::Online);
     drop(a);
     // One stream is still open: heartbeats on it keep the user online past the grace.
