@@ -177,13 +177,16 @@ impl Delivery {
         skip_device: Option<DeviceId>,
         event: &Arc<ServerEvent>,
     ) -> Vec<UserId> {
-        for &user in users {
-            self.hub.deliver(user, skip_device, event);
-        }
+        // Users no session here took the event: offline here unless their only session is
+        // the skipped device (the hub is asked again only for them, not for every member).
+        let unreached: Vec<UserId> = users
+            .iter()
+            .copied()
+            .filter(|&user| self.hub.deliver(user, skip_device, event) == 0)
+            .collect();
         if !self.clustered {
-            return users
-                .iter()
-                .copied()
+            return unreached
+                .into_iter()
                 .filter(|u| !self.hub.is_connected(*u))
                 .collect();
         }
