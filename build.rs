@@ -21,8 +21,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     prost_config.protoc_executable(protoc_bin_vendored::protoc_bin_path()?);
     // ChatService has an RPC named Connect, which would clash with the generated
     // `XxxClient::connect(url)` constructor: clients are built from a `Channel` instead.
+    // Every method uses `daehwa::codec::SmallBufferCodec`: tonic's prost codec with 1 KiB
+    // instead of 8 KiB buffers per RPC (a device's Connect stream lives for hours).
     tonic_prost_build::configure()
         .build_transport(false)
+        .codec_path("crate::codec::SmallBufferCodec")
         .file_descriptor_set_path(out_dir.join("chat_v1_descriptor.bin"))
         .compile_with_config(prost_config, PROTOS, &["proto"])?;
     Ok(())

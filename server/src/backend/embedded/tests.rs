@@ -305,3 +305,77 @@ async fn empty_client_msg_id_is_refused() {
         0
     );
 }
+
+/// Heads and read positions are written back once per batch: within the batch every job
+/// must still see the values earlier jobs left, and after the commit the table must hold the
+/// last of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_batch_sees_its_own_heads_and_read_positions() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("messages.redb");
+    let conv = group(6);
+    let (sender, receiver) = tokio::sync::mpsc::channel(writer::QUEUE_CAPACITY);
+    let mut appends = Vec::new();
+    let mut marks = Vec::new();
+    let mut queue_append = |id: &str| {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let message = Box::new(new_message(conv, 1, id, "batched"));
+        sender
+            .try_send(Job::Append {
+                message,
+                reply,
+                result: None,
+            })
+            .expect("queue");
+        appends.push(answer);
+    };
+    queue_append("a");
+    let mut queue_mark = |user: u64, seq: u64| {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        sender
+            .try_send(Job::MarkRead {
+                user: UserId(user),
+                conversation: conv,
+                seq,
+                reply,
+                result: None,
+            })
+            .expect("queue");
+        marks.push(answer);
+    };
+    // User 2 reads seq 1 (the head so far, not yet in the table); asking for 9 is capped.
+    queue_mark(2, 9);
+    queue_mark(1, 1);
+    drop(queue_mark);
+    queue_append("b");
+    drop(queue_append);
+    drop(sender);
+    {
+        let db = Arc::new(redb::Database::create(&path).expect("database"));
+        let transactions = tokio::task::spawn_blocking(move || writer::run(&db, receiver))
+            .await
+            .expect("writer");
+        assert_eq!(transactions, 1, "all four jobs share one transaction");
+    }
+    let mut seqs = Vec::new();
+    for answer in appends {
+        seqs.push(answer.await.expect("answered").expect("appended").message.seq);
+    }
+    assert_eq!(seqs, [1, 2]);
+    let mut positions = Vec::new();
+    for answer in marks {
+        positions.push(answer.await.expect("answered").expect("marked"));
+    }
+    // User 2 is capped at head 1; user 1 already read 1 by sending it.
+    assert_eq!(positions, [1, 1]);
+
+    let store = EmbeddedStore::open(&path).expect("reopen");
+    for (user, read) in [(1, 2), (2, 1)] {
+        let state = store
+            .conversation_states(UserId(user), &[conv])
+            .await
+            .expect("states")
+            .remove(0);
+        assert_eq!((state.last_seq, state.read_seq), (2, read), "user {user}");
+    }
+}
