@@ -359,7 +359,14 @@ async fn one_batch_sees_its_own_heads_and_read_positions() {
     }
     let mut seqs = Vec::new();
     for answer in appends {
-        seqs.push(answer.await.expect("answered").expect("appended").message.seq);
+        seqs.push(
+            answer
+                .await
+                .expect("answered")
+                .expect("appended")
+                .message
+                .seq,
+        );
     }
     assert_eq!(seqs, [1, 2]);
     let mut positions = Vec::new();
