@@ -82,7 +82,7 @@ pub async fn upgrade(
     let hard_limit = state.max_frame_bytes + 64 * 1024;
     ws.protocols([PROTO_SUBPROTOCOL, JSON_SUBPROTOCOL])
         // Per-connection buffers dominate an idle session's memory: tungstenite's 128 KiB
-        // defaults cost ~136 KiB per socket; a 1 KiB read buffer 3 KiB less than a 4 KiB one.
+        // defaults cost ~136 KiB per socket; a 1 KiB read buffer costs 3 KiB less than a 4 KiB one.
         // Larger frames still work (the read buffer grows for them); writes are flushed once
         // 4 KiB are queued.
         .read_buffer_size(READ_BUFFER)

@@ -18,7 +18,8 @@
 //! A dedicated std thread owns every write transaction. [`MessageStore::append`] and
 //! [`MessageStore::mark_read`] queue a job on a bounded channel (4096) with a oneshot reply.
 //! The writer takes everything queued, up to 256 jobs, applies them in order in ONE write
-//! transaction, commits it with `Durability::Immediate` (fsync) and only then answers them
+//! transaction (heads and read positions the batch changes are kept aside and written once
+//! each just before the commit; see `writer`), commits it with `Durability::Immediate` (fsync) and only then answers them
 //! all: concurrent appends share one fsync, and none is acknowledged before its commit. If the
 //! transaction fails, every job in it gets `Unavailable` and nothing of it is stored. A single
 //! writer makes seq allocation gapless without locks, and a duplicate `client_msg_id` is found
@@ -47,12 +48,15 @@
 //!
 //! fjall writes about 2x faster; redb scans about 3x faster. redb is chosen because:
 //! - writes are made cheap by design, not by the engine: group commit turns load into (b),
-//!   where redb's 85k msg/s is expected to be well above what the rest of one append (a gRPC
-//!   request, checks, fan-out) sustains on 2 cores (not measured here), while history paging
+//!   where redb's 85k msg/s was expected to be well above what the rest of one append (a
+//!   gRPC request, checks, fan-out) sustains on 2 cores; under the load generator it is not
+//!   (BENCHMARKS.md: with 100 busy conversations each transaction copies ~200 B-tree pages,
+//!   and the writer thread bounds throughput and latency), while history paging
 //!   and conversation lists, which run on every open of a chat, are range scans and point
 //!   reads, where redb is 3x faster;
-//! - it has multi-table ACID write transactions that read their own writes, which one append
-//!   needs (head, idempotency key, message, read position together); fjall's plain batches
+//! - it has multi-table ACID write transactions that read their own writes, which a batch
+//!   needs (a duplicate client_msg_id is found even when its first use is earlier in the same
+//!   batch; message, idempotency key, head and read position commit together); fjall's plain batches
 //!   cannot read inside the batch (its transactional keyspace can; not measured here);
 //! - it is one file with no background flush or compaction threads competing for the two
 //!   cores, and is already a dependency of the server (fjall is not added).

@@ -346,16 +346,19 @@ async fn one_batch_sees_its_own_heads_and_read_positions() {
     // User 2 reads seq 1 (the head so far, not yet in the table); asking for 9 is capped.
     queue_mark(2, 9);
     queue_mark(1, 1);
-    drop(queue_mark);
     queue_append("b");
-    drop(queue_append);
+    // User 1 sent seq 2, so it has read 2: marking 1 must not move it back (the batch's own
+    // read positions are not in the table yet). The same for user 2 after marking 2.
+    queue_mark(1, 1);
+    queue_mark(2, 2);
+    queue_mark(2, 1);
     drop(sender);
     {
         let db = Arc::new(redb::Database::create(&path).expect("database"));
         let transactions = tokio::task::spawn_blocking(move || writer::run(&db, receiver))
             .await
             .expect("writer");
-        assert_eq!(transactions, 1, "all four jobs share one transaction");
+        assert_eq!(transactions, 1, "all seven jobs share one transaction");
     }
     let mut seqs = Vec::new();
     for answer in appends {
@@ -373,11 +376,12 @@ async fn one_batch_sees_its_own_heads_and_read_positions() {
     for answer in marks {
         positions.push(answer.await.expect("answered").expect("marked"));
     }
-    // User 2 is capped at head 1; user 1 already read 1 by sending it.
-    assert_eq!(positions, [1, 1]);
+    // User 2 is capped at head 1; user 1 already read 1 by sending it; then neither moves
+    // back from 2.
+    assert_eq!(positions, [1, 1, 2, 2, 2]);
 
     let store = EmbeddedStore::open(&path).expect("reopen");
-    for (user, read) in [(1, 2), (2, 1)] {
+    for (user, read) in [(1, 2), (2, 2)] {
         let state = store
             .conversation_states(UserId(user), &[conv])
             .await
