@@ -14,18 +14,27 @@
 //! | `read_positions` | `user ++ conv` | the user's read seq (absent: 0) |
 //! | `direct_index` | `user ++ conv` | `()`, for both members of a direct conversation |
 //!
-//! # Writes: one writer thread, group commit
-//! A dedicated std thread owns every write transaction. [`MessageStore::append`] and
+//! # Writes: a write-ahead log, an in-memory recent tier, checkpoints into redb
+//! A dedicated std thread (`writer`) takes every write. [`MessageStore::append`] and
 //! [`MessageStore::mark_read`] queue a job on a bounded channel (4096) with a oneshot reply.
-//! The writer takes everything queued, up to 256 jobs, applies them in order in ONE write
-//! transaction (heads and read positions the batch changes are kept aside and written once
-//! each just before the commit; see `writer`), commits it with `Durability::Immediate` (fsync) and only then answers them
-//! all: concurrent appends share one fsync, and none is acknowledged before its commit. If the
-//! transaction fails, every job in it gets `Unavailable` and nothing of it is stored. A single
-//! writer makes seq allocation gapless without locks, and a duplicate `client_msg_id` is found
-//! even when its first use is earlier in the same batch (the transaction reads its own
-//! writes). Reads run redb read transactions (consistent snapshots) on tokio's
-//! `spawn_blocking`, never on the async runtime.
+//! The writer takes everything queued, up to 256 jobs, applies them in order, appends their
+//! changes to the write-ahead log (`log`) as one frame, syncs it, merges them into the
+//! in-memory recent tier (`recent`) and only then answers them all: concurrent appends share
+//! one sync, and none is acknowledged before it is durable. A single writer makes seq
+//! allocation gapless without locks.
+//!
+//! Once a second (or sooner when it grows large) the writer freezes the recent table and
+//! starts a new log segment; the checkpoint thread (`checkpoint`) writes the frozen table
+//! into redb in one durable transaction and deletes the old segments. A copy-on-write B-tree
+//! copies every page a transaction touches, so a transaction per batch cost ~200 page copies
+//! whatever the batch held and bounded throughput and latency; a transaction per second
+//! pays that once (BENCHMARKS.md). On open, leftover segments (a crash) are replayed into
+//! redb before anything else; closing checkpoints what is left.
+//!
+//! Reads look at the recent tier first (active, then frozen) and then at redb, in a read
+//! transaction opened after the tier was looked at, so an entry moving from the tier into
+//! redb is always seen in one of them. The tier's lock is held only to copy entries out,
+//! redb reads run on tokio's `spawn_blocking`, never on the async runtime.
 //!
 //! [`MessageStore::close`] (and dropping the store) lets the writer drain the queue, stops
 //! it and waits for it; appends after `close` fail `Unavailable`.
@@ -47,28 +56,32 @@
 //! | (c) range scan of 10,000 messages | 2,137,459 msg/s | 672,663 msg/s | 723,386 msg/s |
 //!
 //! fjall writes about 2x faster; redb scans about 3x faster. redb is chosen because:
-//! - writes are made cheap by design, not by the engine: group commit turns load into (b),
-//!   where redb's 85k msg/s was expected to be well above what the rest of one append (a
-//!   gRPC request, checks, fan-out) sustains on 2 cores; under the load generator it is not
-//!   (BENCHMARKS.md: with 100 busy conversations each transaction copies ~200 B-tree pages,
-//!   and the writer thread bounds throughput and latency), while history paging
+//! - writes are made cheap by design, not by the engine: group commit and the write-ahead
+//!   log turn load into one sequential append per batch and one redb transaction per
+//!   second (with a transaction per batch the writer bounded throughput and latency: with
+//!   100 busy conversations each copied ~200 B-tree pages), while history paging
 //!   and conversation lists, which run on every open of a chat, are range scans and point
 //!   reads, where redb is 3x faster;
 //! - it has multi-table ACID write transactions that read their own writes, which a batch
 //!   needs (a duplicate client_msg_id is found even when its first use is earlier in the same
 //!   batch; message, idempotency key, head and read position commit together); fjall's plain batches
 //!   cannot read inside the batch (its transactional keyspace can; not measured here);
-//! - it is one file with no background flush or compaction threads competing for the two
-//!   cores, and is already a dependency of the server (fjall is not added).
+//! - it is one file with no compaction threads competing for the two cores (the one
+//!   checkpoint thread writes once a second), and is already a dependency of the server
+//!   (fjall is not added).
 
+mod checkpoint;
 mod layout;
+mod log;
+mod recent;
 #[cfg(test)]
 mod tests;
 mod writer;
 
 use std::{
-    path::Path,
-    sync::{Arc, Mutex, PoisonError},
+    collections::{BTreeMap, BTreeSet},
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex, PoisonError, RwLock},
     thread::JoinHandle,
 };
 
@@ -79,10 +92,12 @@ use tokio::sync::{mpsc, oneshot};
 
 use self::{
     layout::{
-        DIRECT, HEADS, IDEMPOTENCY, MESSAGES, READ_POSITIONS, conversation_of_user_key, db_err,
-        decode_message, message_key, user_conv_key,
+        DIRECT, HEADS, MESSAGES, READ_POSITIONS, conversation_of_user_key, db_err, decode_message,
+        message_key, user_conv_key,
     },
-    writer::Job,
+    log::Log,
+    recent::{Tiers, seq_of},
+    writer::{Job, Tuning},
 };
 use crate::{
     backend::message_store::{Appended, ConversationState, MessageStore, NewMessage},
@@ -94,11 +109,13 @@ use crate::{
 pub struct EmbeddedStore {
     /// The open database; `None` once closed.
     db: Mutex<Option<Arc<Database>>>,
+    /// Acknowledged writes not yet checkpointed into redb.
+    tiers: Arc<RwLock<Tiers>>,
     /// The writer's queue and thread; `None` once closed.
-    writer: Mutex<Option<Writer>>,
+    writer: Mutex<Option<WriterHandle>>,
 }
 
-struct Writer {
+struct WriterHandle {
     sender: mpsc::Sender<Job>,
     thread: JoinHandle<()>,
 }
@@ -107,28 +124,61 @@ fn closed() -> Error {
     Error::unavailable("message store is closed")
 }
 
+/// Creates the tables if missing, replays the log segments next to `log_base` into `db` in
+/// one durable transaction, deletes them and opens the next segment for the writer.
+fn recover(db: &Database, log_base: &Path) -> Result<Log> {
+    let tx = db.begin_write().map_err(db_err)?;
+    tx.open_table(MESSAGES).map_err(db_err)?;
+    for table in [HEADS, layout::IDEMPOTENCY, READ_POSITIONS] {
+        tx.open_table(table).map_err(db_err)?;
+    }
+    tx.open_table(DIRECT).map_err(db_err)?;
+    tx.commit().map_err(db_err)?;
+    let io = |e: std::io::Error| Error::unavailable(format!("message store: log: {e}"));
+    let replayed = log::replay(log_base).map_err(io)?;
+    if replayed.ignored_bytes > 0 {
+        tracing::warn!(
+            bytes = replayed.ignored_bytes,
+            "message store: ignored the incomplete last frame of the log (a write interrupted \
+             before it was acknowledged)"
+        );
+    }
+    if !replayed.table.is_empty() {
+        tracing::info!(
+            messages = replayed.table.messages.len(),
+            "message store: replayed the log"
+        );
+        checkpoint::apply(db, &replayed.table)?;
+    }
+    if replayed.last_generation > 0 {
+        log::remove_through(log_base, replayed.last_generation).map_err(io)?;
+    }
+    Log::create(log_base, replayed.last_generation + 1).map_err(io)
+}
+
 impl EmbeddedStore {
-    /// Opens the store at `path`, creating the file and its tables if missing, and starts the
-    /// writer thread.
+    /// Opens the store at `path` (its log segments sit next to it), creating the file and its
+    /// tables if missing, replays what a crash left in the log, and starts the writer.
     pub fn open(path: &Path) -> Result<Self> {
         let db = Database::create(path).map_err(db_err)?;
-        Self::with_database(db)
+        Self::with_database(db, path.to_owned(), Tuning::default())
     }
 
-    fn with_database(db: Database) -> Result<Self> {
-        let tx = db.begin_write().map_err(db_err)?;
-        tx.open_table(MESSAGES).map_err(db_err)?;
-        for table in [HEADS, IDEMPOTENCY, READ_POSITIONS] {
-            tx.open_table(table).map_err(db_err)?;
-        }
-        tx.open_table(DIRECT).map_err(db_err)?;
-        tx.commit().map_err(db_err)?;
+    fn with_database(db: Database, log_base: PathBuf, tuning: Tuning) -> Result<Self> {
+        let log = recover(&db, &log_base)?;
+        Self::with_log(Arc::new(db), log, log_base, tuning)
+    }
 
-        let db = Arc::new(db);
-        let (sender, thread) = writer::spawn(Arc::clone(&db))?;
+    /// Starts the writer on a recovered database and its open log segment.
+    fn with_log(db: Arc<Database>, log: Log, log_base: PathBuf, tuning: Tuning) -> Result<Self> {
+        let tiers = Arc::new(RwLock::new(Tiers::default()));
+        let writer =
+            writer::Writer::new(Arc::clone(&db), Arc::clone(&tiers), log, log_base, tuning)?;
+        let (sender, thread) = writer.spawn()?;
         Ok(Self {
             db: Mutex::new(Some(db)),
-            writer: Mutex::new(Some(Writer { sender, thread })),
+            tiers,
+            writer: Mutex::new(Some(WriterHandle { sender, thread })),
         })
     }
 
@@ -146,7 +196,13 @@ impl EmbeddedStore {
         answer.await.map_err(|_| closed())?
     }
 
-    /// Runs `f` in a read transaction on the blocking pool.
+    /// Looks at the recent tier: `f` runs under its read lock and must only copy out.
+    fn recent<T>(&self, f: impl FnOnce(&Tiers) -> T) -> T {
+        f(&self.tiers.read().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    /// Runs `f` in a read transaction on the blocking pool. Call it after looking at the
+    /// recent tier, never before (see the module doc).
     async fn read<T, F>(&self, f: F) -> Result<T>
     where
         T: Send + 'static,
@@ -163,6 +219,56 @@ impl EmbeddedStore {
             .map_err(|e| Error::internal(format!("message store: read task failed: {e}")))?
     }
 
+    /// Up to `limit` messages of a conversation with seq in `first..=last`, from the recent
+    /// tier and redb: the lowest seqs, or the highest if `newest`.
+    async fn messages(
+        &self,
+        conversation: ConversationId,
+        first: u64,
+        last: u64,
+        limit: usize,
+        newest: bool,
+    ) -> Result<Vec<Message>> {
+        let conv = conversation.to_key();
+        let mut merged: BTreeMap<u64, Arc<[u8]>> = self.recent(|tiers| {
+            let mut found = tiers.active.messages_in(&conv, first, last, limit, newest);
+            if let Some(frozen) = &tiers.frozen {
+                found.extend(frozen.messages_in(&conv, first, last, limit, newest));
+            }
+            found.into_iter().collect()
+        });
+        self.read(move |tx| {
+            let table = tx.open_table(MESSAGES).map_err(db_err)?;
+            let (from, to) = (message_key(&conv, first), message_key(&conv, last));
+            let range = table
+                .range(from.as_slice()..=to.as_slice())
+                .map_err(db_err)?;
+            let stored: Box<dyn Iterator<Item = _>> = if newest {
+                Box::new(range.rev())
+            } else {
+                Box::new(range)
+            };
+            for item in stored.take(limit) {
+                let (key, record) = item.map_err(db_err)?;
+                let key: [u8; 25] = key.value().try_into().map_err(|_| {
+                    Error::internal(format!("message store: {conversation}: bad message key"))
+                })?;
+                merged
+                    .entry(seq_of(&key))
+                    .or_insert_with(|| Arc::from(record.value()));
+            }
+            let records: Vec<_> = if newest {
+                let mut newest_first: Vec<_> = merged.into_values().rev().take(limit).collect();
+                newest_first.reverse();
+                newest_first
+            } else {
+                merged.into_values().take(limit).collect()
+            };
+            records.iter().map(|r| decode_message(r)).collect()
+        })
+        .await
+    }
+
     /// Takes the writer out, so the thread drains the queue and stops once in-flight appends
     /// have queued their jobs.
     fn take_writer(&self) -> Option<JoinHandle<()>> {
@@ -171,7 +277,7 @@ impl EmbeddedStore {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .take();
-        writer.map(|Writer { sender, thread }| {
+        writer.map(|WriterHandle { sender, thread }| {
             drop(sender);
             thread
         })
@@ -179,7 +285,7 @@ impl EmbeddedStore {
 }
 
 impl Drop for EmbeddedStore {
-    /// Stops the writer and blocks until it has committed what was queued, so the file is
+    /// Stops the writer and blocks until it has checkpointed what was queued, so the file is
     /// released when the store is gone (call [`MessageStore::close`] to do this without
     /// blocking the runtime).
     fn drop(&mut self) {
@@ -189,23 +295,11 @@ impl Drop for EmbeddedStore {
     }
 }
 
-/// Decodes `limit` records of a range iterator.
-fn collect<'a>(
-    items: impl Iterator<
-        Item = std::result::Result<
-            (
-                redb::AccessGuard<'a, &'static [u8]>,
-                redb::AccessGuard<'a, &'static [u8]>,
-            ),
-            redb::StorageError,
-        >,
-    >,
-    limit: usize,
-) -> Result<Vec<Message>> {
-    items
-        .take(limit)
-        .map(|item| decode_message(item.map_err(db_err)?.1.value()))
-        .collect()
+/// A conversation's head, read position and head record as the recent tier has them.
+struct RecentState {
+    head: Option<u64>,
+    read: Option<u64>,
+    last_record: Option<Arc<[u8]>>,
 }
 
 #[async_trait]
@@ -243,18 +337,8 @@ impl MessageStore for EmbeddedStore {
         let Some(first) = after_seq.checked_add(1).filter(|_| limit > 0) else {
             return Ok(Vec::new());
         };
-        self.read(move |tx| {
-            let table = tx.open_table(MESSAGES).map_err(db_err)?;
-            let conv = conversation.to_key();
-            let (from, to) = (message_key(&conv, first), message_key(&conv, u64::MAX));
-            collect(
-                table
-                    .range(from.as_slice()..=to.as_slice())
-                    .map_err(db_err)?,
-                limit,
-            )
-        })
-        .await
+        self.messages(conversation, first, u64::MAX, limit, false)
+            .await
     }
 
     async fn read_before(
@@ -271,18 +355,7 @@ impl MessageStore for EmbeddedStore {
         if last == 0 || limit == 0 {
             return Ok(Vec::new());
         }
-        self.read(move |tx| {
-            let table = tx.open_table(MESSAGES).map_err(db_err)?;
-            let conv = conversation.to_key();
-            let (from, to) = (message_key(&conv, 1), message_key(&conv, last));
-            let range = table
-                .range(from.as_slice()..=to.as_slice())
-                .map_err(db_err)?;
-            let mut messages = collect(range.rev(), limit)?;
-            messages.reverse();
-            Ok(messages)
-        })
-        .await
+        self.messages(conversation, 1, last, limit, true).await
     }
 
     async fn conversation_states(
@@ -290,39 +363,63 @@ impl MessageStore for EmbeddedStore {
         user: UserId,
         conversations: &[ConversationId],
     ) -> Result<Vec<ConversationState>> {
-        let conversations = conversations.to_vec();
+        let recent: Vec<(ConversationId, RecentState)> = self.recent(|tiers| {
+            conversations
+                .iter()
+                .map(|&conversation| {
+                    let conv = conversation.to_key();
+                    let head = tiers.newest(|t| &t.heads, &conv);
+                    let state = RecentState {
+                        head,
+                        read: tiers.newest(|t| &t.read_positions, &user_conv_key(user, &conv)),
+                        last_record: head.and_then(|seq| tiers.message(&message_key(&conv, seq))),
+                    };
+                    (conversation, state)
+                })
+                .collect()
+        });
         self.read(move |tx| {
             let messages = tx.open_table(MESSAGES).map_err(db_err)?;
             let heads = tx.open_table(HEADS).map_err(db_err)?;
             let reads = tx.open_table(READ_POSITIONS).map_err(db_err)?;
-            conversations
+            recent
                 .into_iter()
-                .map(|conversation| {
+                .map(|(conversation, recent)| {
                     let conv = conversation.to_key();
-                    let head = heads.get(conv.as_slice()).map_err(db_err)?;
-                    let last_seq = head.map_or(0, |g| g.value());
-                    let last_message =
-                        if last_seq == 0 {
-                            None
-                        } else {
-                            let key = message_key(&conv, last_seq);
-                            let record = messages.get(key.as_slice()).map_err(db_err)?.ok_or_else(
-                                || {
-                                    Error::internal(format!(
-                                        "message store: {conversation}: head {last_seq} is missing"
-                                    ))
-                                },
-                            )?;
+                    let stored_head = heads
+                        .get(conv.as_slice())
+                        .map_err(db_err)?
+                        .map(|g| g.value());
+                    let last_seq = recent.head.max(stored_head).unwrap_or(0);
+                    let last_message = match (last_seq, recent.last_record) {
+                        (0, _) => None,
+                        (seq, Some(record)) if recent.head == Some(seq) => {
+                            Some(decode_message(&record)?)
+                        }
+                        (seq, _) => {
+                            let key = message_key(&conv, seq);
+                            let record =
+                                messages
+                                    .get(key.as_slice())
+                                    .map_err(db_err)?
+                                    .ok_or_else(|| {
+                                        Error::internal(format!(
+                                            "message store: {conversation}: head {seq} is missing"
+                                        ))
+                                    })?;
                             Some(decode_message(record.value())?)
-                        };
+                        }
+                    };
                     let key = user_conv_key(user, &conv);
-                    let read = reads.get(key.as_slice()).map_err(db_err)?;
-                    let read_seq = read.map_or(0, |g| g.value());
+                    let stored_read = reads
+                        .get(key.as_slice())
+                        .map_err(db_err)?
+                        .map(|g| g.value());
                     Ok(ConversationState {
                         conversation,
                         last_seq,
                         last_message,
-                        read_seq,
+                        read_seq: recent.read.max(stored_read).unwrap_or(0),
                     })
                 })
                 .collect()
@@ -342,6 +439,15 @@ impl MessageStore for EmbeddedStore {
     }
 
     async fn direct_conversations(&self, user: UserId) -> Result<Vec<ConversationId>> {
+        let mut keys: BTreeSet<[u8; 25]> = self.recent(|tiers| {
+            let frozen = tiers.frozen.as_deref().map(|f| f.direct_of(user.0));
+            tiers
+                .active
+                .direct_of(user.0)
+                .chain(frozen.into_iter().flatten())
+                .copied()
+                .collect()
+        });
         self.read(move |tx| {
             let table = tx.open_table(DIRECT).map_err(db_err)?;
             let from = user.0.to_be_bytes();
@@ -349,10 +455,17 @@ impl MessageStore for EmbeddedStore {
                 Some(next) => table.range(from.as_slice()..next.to_be_bytes().as_slice()),
                 None => table.range(from.as_slice()..),
             };
-            entries
-                .map_err(db_err)?
-                .map(|item| conversation_of_user_key(item.map_err(db_err)?.0.value()))
-                .collect()
+            for item in entries.map_err(db_err)? {
+                let key = item.map_err(db_err)?.0;
+                let key = <[u8; 25]>::try_from(key.value()).map_err(|_| {
+                    Error::internal(format!(
+                        "message store: bad direct index key {:02x?}",
+                        key.value()
+                    ))
+                })?;
+                keys.insert(key);
+            }
+            keys.iter().map(|k| conversation_of_user_key(k)).collect()
         })
         .await
     }

@@ -1,5 +1,8 @@
-//! The conformance suite on a temporary redb file, plus what only a file can show: durability
-//! across reopen, release of the file on drop, and a failed commit failing its whole batch.
+//! The conformance suite on a temporary redb file (once with the default tuning, once
+//! checkpointing after every batch so reads cross the recent tier and redb all the time),
+//! plus what only files can show: durability across reopen and across a crash (log replay),
+//! release of the file on drop, a failed log write failing its batch and every later one, and
+//! a failing redb losing nothing the log holds.
 
 use std::{
     io,
@@ -13,7 +16,10 @@ use tempfile::TempDir;
 
 use super::{
     EmbeddedStore,
-    writer::{self, Job},
+    log::Log,
+    recent::Tiers,
+    recover,
+    writer::{self, Job, Tuning, Writer},
 };
 use crate::{
     backend::message_store::{MessageStore, conformance, conformance::new_message},
@@ -31,14 +37,53 @@ fn fresh() -> (TempDir, Arc<dyn MessageStore>) {
     (dir, Arc::new(store))
 }
 
+/// Freezes after every batch: the tier is checkpointed into redb as fast as the checkpoint
+/// thread can go, so reads and the writer's lookups find entries in all three places.
+fn checkpoint_always() -> Tuning {
+    Tuning {
+        freeze_after: std::time::Duration::ZERO,
+        freeze_at_entries: 1,
+        ..Tuning::default()
+    }
+}
+
+/// Never checkpoints while open: everything stays in the log and the recent tier.
+fn checkpoint_never() -> Tuning {
+    Tuning {
+        freeze_after: std::time::Duration::from_secs(3600),
+        freeze_at_entries: usize::MAX,
+        max_active_entries: usize::MAX,
+        ..Tuning::default()
+    }
+}
+
+fn open_with(path: &std::path::Path, tuning: Tuning) -> EmbeddedStore {
+    let db = redb::Database::create(path).expect("database");
+    EmbeddedStore::with_database(db, path.to_owned(), tuning).expect("store")
+}
+
 macro_rules! conformance_tests {
-    ($($name:ident),* $(,)?) => {$(
-        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-        async fn $name() {
-            let (_dir, store) = fresh();
-            conformance::$name(store).await;
+    ($($name:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() {
+                let (_dir, store) = fresh();
+                conformance::$name(store).await;
+            }
+        )*
+        /// The same suite with a checkpoint after every batch.
+        mod checkpointing {
+            use super::*;
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let dir = tempfile::tempdir().expect("temp dir");
+                    let store = open_with(&dir.path().join("m.redb"), checkpoint_always());
+                    conformance::$name(Arc::new(store)).await;
+                }
+            )*
         }
-    )*};
+    };
 }
 
 conformance_tests!(
@@ -184,24 +229,89 @@ impl redb::StorageBackend for FlakyBackend {
     }
 }
 
-fn open_on(backend: &FlakyBackend) -> EmbeddedStore {
+fn open_on(backend: &FlakyBackend, dir: &TempDir, tuning: Tuning) -> EmbeddedStore {
     let db = redb::Database::builder()
         .create_with_backend(backend.clone())
         .expect("database");
-    EmbeddedStore::with_database(db).expect("store")
+    EmbeddedStore::with_database(db, dir.path().join("flaky.redb"), tuning).expect("store")
+}
+
+fn client_ids(messages: &[daehwa::v1::Message]) -> Vec<&str> {
+    messages.iter().map(|m| m.client_msg_id.as_str()).collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn failed_commit_fails_every_job_and_stores_none() {
+async fn failing_redb_loses_nothing_the_log_acknowledged() {
     let backend = FlakyBackend::default();
-    let store = Arc::new(open_on(&backend));
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = open_on(&backend, &dir, checkpoint_always());
     let conv = group(3);
+    store
+        .append(new_message(conv, 9, "before", "checkpointed"))
+        .await
+        .expect("append");
+
+    // Every checkpoint now fails; appends are still acknowledged (the log holds them) and
+    // readable (the recent tier serves them).
+    backend.failing.store(true, Ordering::SeqCst);
+    for i in 0..5 {
+        store
+            .append(new_message(conv, 9, &format!("during-{i}"), "logged"))
+            .await
+            .expect("append while redb fails");
+    }
+    assert_eq!(store.mark_read(UserId(10), conv, 4).await.expect("mark"), 4);
+    let read = store.read_after(conv, 0, 100).await.expect("read");
+    assert_eq!(read.len(), 6);
+    drop(store);
+
+    // As after a restart with a healthy disk: the log is replayed into redb.
+    backend.failing.store(false, Ordering::SeqCst);
+    let store = open_on(&backend, &dir, Tuning::default());
+    let stored = store.read_after(conv, 0, 100).await.expect("read");
+    assert_eq!(
+        client_ids(&stored),
+        [
+            "before", "during-0", "during-1", "during-2", "during-3", "during-4"
+        ]
+    );
+    let state = store
+        .conversation_states(UserId(10), &[conv])
+        .await
+        .expect("states")
+        .remove(0);
+    assert_eq!((state.last_seq, state.read_seq), (6, 4));
+    let retry = store
+        .append(new_message(conv, 9, "during-2", "retried"))
+        .await
+        .expect("retry");
+    assert_eq!((retry.message.seq, retry.duplicate), (4, true));
+    let next = store
+        .append(new_message(conv, 9, "after", "new"))
+        .await
+        .expect("append");
+    assert_eq!((next.message.seq, next.duplicate), (7, false));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_log_write_fails_its_batch_and_every_later_one() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("messages.redb");
+    let conv = group(4);
+    let store = open(&dir);
     store
         .append(new_message(conv, 9, "ok", "stored"))
         .await
         .expect("append");
+    store.close().await.expect("close");
+    drop(store);
 
-    backend.failing.store(true, Ordering::SeqCst);
+    // The writer's segment refuses writes (opened read-only): a real I/O error on append.
+    let db = Arc::new(redb::Database::create(&path).expect("database"));
+    let generation = recover(&db, &path).expect("recover").generation();
+    let log = Log::read_only(&path, generation).expect("read-only segment");
+    let store =
+        Arc::new(EmbeddedStore::with_log(db, log, path.clone(), Tuning::default()).expect("store"));
     let tasks: Vec<_> = (0..32)
         .map(|i| {
             let store = store.clone();
@@ -224,19 +334,18 @@ async fn failed_commit_fails_every_job_and_stores_none() {
         matches!(marked, Err(Error::Unavailable(_))),
         "got {marked:?}"
     );
+    let read = store
+        .read_after(conv, 0, 100)
+        .await
+        .expect("reads still work");
+    assert_eq!(client_ids(&read), ["ok"]);
+    store.close().await.expect("close");
     drop(store);
 
-    // As after a restart: only the acknowledged message is there, and seq goes on from it.
-    backend.failing.store(false, Ordering::SeqCst);
-    let store = open_on(&backend);
+    // After a restart only the acknowledged message is there, and seq goes on from it.
+    let store = open(&dir);
     let stored = store.read_after(conv, 0, 100).await.expect("read");
-    assert_eq!(
-        stored
-            .iter()
-            .map(|m| m.client_msg_id.as_str())
-            .collect::<Vec<_>>(),
-        ["ok"]
-    );
+    assert_eq!(client_ids(&stored), ["ok"]);
     let next = store
         .append(new_message(conv, 9, "lost-0", "retried"))
         .await
@@ -244,10 +353,76 @@ async fn failed_commit_fails_every_job_and_stores_none() {
     assert_eq!((next.message.seq, next.duplicate), (2, false));
 }
 
+/// A copy of the files taken while the store runs is what a crash (power loss after the
+/// last acknowledgement) leaves: redb as of its last checkpoint plus the synced log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_image_recovers_every_acknowledged_write() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("messages.redb");
+    let dm = ConversationId::direct(UserId(1), UserId(2)).expect("dm");
+    let store = open_with(&path, checkpoint_never());
+    let mut sent = Vec::new();
+    for i in 0..40 {
+        let conv = if i % 2 == 0 { group(8) } else { dm };
+        let m = new_message(conv, 1, &format!("c{i}"), &format!("text {i}"));
+        sent.push(store.append(m).await.expect("append").message);
+    }
+    assert_eq!(store.mark_read(UserId(2), dm, 7).await.expect("mark"), 7);
+
+    let image = tempfile::tempdir().expect("temp dir");
+    let mut copied = 0;
+    for entry in std::fs::read_dir(dir.path()).expect("list") {
+        let entry = entry.expect("entry");
+        std::fs::copy(entry.path(), image.path().join(entry.file_name())).expect("copy");
+        copied += 1;
+    }
+    assert_eq!(copied, 2, "the redb file and one log segment");
+    drop(store);
+
+    let store = EmbeddedStore::open(&image.path().join("messages.redb")).expect("open image");
+    let mut stored = store.read_after(group(8), 0, 100).await.expect("read");
+    stored.extend(store.read_after(dm, 0, 100).await.expect("read"));
+    sent.sort_by_key(|m| (m.conversation_id.clone(), m.seq));
+    stored.sort_by_key(|m| (m.conversation_id.clone(), m.seq));
+    assert_eq!(stored, sent);
+    let state = store
+        .conversation_states(UserId(2), &[dm])
+        .await
+        .expect("states")
+        .remove(0);
+    assert_eq!((state.last_seq, state.read_seq), (20, 7));
+    assert_eq!(
+        store.direct_conversations(UserId(1)).await.expect("list"),
+        vec![dm]
+    );
+    let retry = store
+        .append(new_message(group(8), 1, "c0", "again"))
+        .await
+        .expect("retry");
+    assert_eq!((retry.message.seq, retry.duplicate), (1, true));
+    let next = store
+        .append(new_message(group(8), 1, "c40", "new"))
+        .await
+        .expect("append");
+    assert_eq!((next.message.seq, next.duplicate), (21, false));
+    store.close().await.expect("close");
+}
+
+/// Runs a writer over `receiver` until it is drained, on a fresh database at `path`; returns
+/// how many batches it made.
+async fn run_writer(path: &std::path::Path, receiver: tokio::sync::mpsc::Receiver<Job>) -> u64 {
+    let db = Arc::new(redb::Database::create(path).expect("database"));
+    let log = recover(&db, path).expect("recover");
+    let tiers = Arc::new(RwLock::new(Tiers::default()));
+    let writer = Writer::new(db, tiers, log, path.to_owned(), Tuning::default()).expect("writer");
+    tokio::task::spawn_blocking(move || writer.run(receiver))
+        .await
+        .expect("writer")
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn queued_jobs_share_transactions_and_same_batch_duplicates_are_found() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let db = Arc::new(redb::Database::create(dir.path().join("w.redb")).expect("database"));
     let (sender, receiver) = tokio::sync::mpsc::channel(writer::QUEUE_CAPACITY);
     let mut answers = Vec::new();
     for i in 0..300 {
@@ -269,11 +444,8 @@ async fn queued_jobs_share_transactions_and_same_batch_duplicates_are_found() {
         answers.push(answer);
     }
     drop(sender);
-    let db_for_writer = db.clone();
-    let transactions = tokio::task::spawn_blocking(move || writer::run(&db_for_writer, receiver))
-        .await
-        .expect("writer");
-    assert_eq!(transactions, 2, "300 queued jobs commit as 256 + 44");
+    let batches = run_writer(&dir.path().join("w.redb"), receiver).await;
+    assert_eq!(batches, 2, "300 queued jobs commit as 256 + 44");
     let mut results = Vec::new();
     for answer in answers {
         results.push(answer.await.expect("answered").expect("appended"));
@@ -306,9 +478,8 @@ async fn empty_client_msg_id_is_refused() {
     );
 }
 
-/// Heads and read positions are written back once per batch: within the batch every job
-/// must still see the values earlier jobs left, and after the commit the table must hold the
-/// last of them.
+/// Within one batch every job must see the heads and read positions earlier jobs left (they
+/// are only in the batch's changes), and after it the store must hold the last of them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_batch_sees_its_own_heads_and_read_positions() {
     let dir = tempfile::tempdir().expect("temp dir");
@@ -353,13 +524,8 @@ async fn one_batch_sees_its_own_heads_and_read_positions() {
     queue_mark(2, 2);
     queue_mark(2, 1);
     drop(sender);
-    {
-        let db = Arc::new(redb::Database::create(&path).expect("database"));
-        let transactions = tokio::task::spawn_blocking(move || writer::run(&db, receiver))
-            .await
-            .expect("writer");
-        assert_eq!(transactions, 1, "all seven jobs share one transaction");
-    }
+    let batches = run_writer(&path, receiver).await;
+    assert_eq!(batches, 1, "all seven jobs share one batch");
     let mut seqs = Vec::new();
     for answer in appends {
         seqs.push(

@@ -1,29 +1,46 @@
-//! The single writer thread: it owns every write transaction of the embedded store and
-//! group-commits whatever is queued (up to [`BATCH_CAP`] jobs) in one durable transaction.
+//! The single writer thread: it turns whatever is queued (up to [`BATCH_CAP`] jobs) into one
+//! log frame, syncs it, merges it into the active recent table and only then answers the
+//! jobs (group commit: concurrent appends share one sync, none is acknowledged before it).
 //!
-//! Error rule inside a batch: a redb error aborts the whole transaction and every job in it
+//! Per batch: the jobs run in queue order against a [`BatchView`] (the batch's own changes,
+//! then the recent tiers, then a redb read transaction), which allocates seqs from the heads
+//! it sees and finds a duplicate `client_msg_id` even when its first use is earlier in the
+//! same batch. The batch's changes are appended to the write-ahead log and synced; then they
+//! are merged into the active table, where readers see them. redb is written only by
+//! checkpoints: after each batch, if a second has passed (or the active table is large) and
+//! no checkpoint is running, the writer starts a new log segment and hands the active table
+//! to the checkpoint thread as frozen.
+//!
+//! Error rule inside a batch: a redb read error aborts the whole batch and every job in it
 //! gets `Unavailable`; a bad record (undecodable, dangling index) fails only its own job,
-//! which is detected before that job writes anything.
-//!
-//! Heads and read positions are written back once per batch: an append used to read the
-//! idempotency key and the head and write the message, the idempotency key, the head and the
-//! sender's read position (two reads, four writes per message; the writer thread is about
-//! half of the server's CPU under load). Now the batch keeps heads and read positions in
-//! [`Tables`]' pending maps, reads its own pending values first, and writes each changed key
-//! once, in key order, before the commit: a message costs one idempotency read and two
-//! writes, plus one head read per conversation and one head and read-position write per
-//! changed key per batch.
+//! which is detected before that job changes anything. A failed log write or sync fails the
+//! batch and every later one until the store is reopened (the segment's tail is unknown
+//! after it, and a sync that failed once cannot be trusted to have kept earlier pages).
 
-use std::{collections::BTreeMap, sync::Arc, thread::JoinHandle};
+use std::{
+    path::PathBuf,
+    sync::{
+        Arc, PoisonError, RwLock,
+        atomic::{AtomicBool, Ordering},
+        mpsc,
+    },
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
 
 use daehwa::v1::Message;
 use prost::Message as _;
-use redb::{Database, Durability, ReadableTable, Table, WriteTransaction};
-use tokio::sync::{mpsc, oneshot};
+use redb::{Database, ReadOnlyTable, ReadTransaction};
+use tokio::sync::{mpsc as mpsc_async, oneshot};
 
-use super::layout::{
-    ConvKey, DIRECT, HEADS, IDEMPOTENCY, MESSAGES, READ_POSITIONS, db_err, decode_message,
-    idempotency_key, message_key, timestamp, user_conv_key,
+use super::{
+    checkpoint::{self, Frozen},
+    layout::{
+        ConvKey, HEADS, IDEMPOTENCY, MESSAGES, READ_POSITIONS, db_err, decode_message,
+        idempotency_key, message_key, timestamp, user_conv_key,
+    },
+    log::{self, Log},
+    recent::{Recent, Tiers, UserConvKey},
 };
 use crate::{
     backend::message_store::{Appended, NewMessage},
@@ -87,69 +104,297 @@ impl Job {
     }
 }
 
-/// Starts the writer thread on `db`; it runs until every sender is dropped and the queue is
-/// drained.
-pub(super) fn spawn(db: Arc<Database>) -> Result<(mpsc::Sender<Job>, JoinHandle<()>)> {
-    let (sender, receiver) = mpsc::channel(QUEUE_CAPACITY);
-    let thread = std::thread::Builder::new()
-        .name("message-store-writer".to_owned())
-        .spawn(move || {
-            run(&db, receiver);
-        })
-        .map_err(|e| Error::unavailable(format!("message store: cannot start writer: {e}")))?;
-    Ok((sender, thread))
+/// When the writer freezes the active table and how far it lets it grow.
+#[derive(Debug, Clone)]
+pub(super) struct Tuning {
+    /// Freeze (start a checkpoint) at least this often while there are writes.
+    pub freeze_after: Duration,
+    /// Freeze as soon as the active table holds this many entries.
+    pub freeze_at_entries: usize,
+    /// Above this many active entries, with a checkpoint still running, a batch waits for
+    /// it (back-pressure that bounds memory)...
+    pub max_active_entries: usize,
+    /// ... for at most this long, then fails `Unavailable`.
+    pub checkpoint_wait: Duration,
 }
 
-/// The writer's loop: one transaction per batch of queued jobs, until the queue is closed
-/// and empty. Returns the number of transactions it ran.
-pub(super) fn run(db: &Database, mut receiver: mpsc::Receiver<Job>) -> u64 {
-    let mut batch = Vec::with_capacity(BATCH_CAP);
-    let mut transactions = 0;
-    while let Some(first) = receiver.blocking_recv() {
-        transactions += 1;
-        batch.push(first);
-        while batch.len() < BATCH_CAP {
-            match receiver.try_recv() {
-                Ok(job) => batch.push(job),
-                Err(_) => break,
+impl Default for Tuning {
+    /// One checkpoint a second under load; ~40 MB of recent entries at most.
+    fn default() -> Self {
+        Self {
+            freeze_after: Duration::from_secs(1),
+            freeze_at_entries: 131_072,
+            max_active_entries: 262_144,
+            checkpoint_wait: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Everything the writer thread owns: the log it appends to, the tiers it merges into and
+/// the checkpoint thread it feeds.
+pub(super) struct Writer {
+    db: Arc<Database>,
+    tiers: Arc<RwLock<Tiers>>,
+    log: Log,
+    log_base: PathBuf,
+    tuning: Tuning,
+    last_freeze: Instant,
+    checkpoints: Checkpoints,
+    /// Set after a failed log write: the segment's tail is unknown, so nothing more may be
+    /// appended to it; every later batch fails with this error until the store is reopened.
+    failed: Option<Error>,
+}
+
+struct Checkpoints {
+    frozen: Option<mpsc::SyncSender<Frozen>>,
+    done: mpsc::Receiver<u64>,
+    closing: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Writer {
+    /// A writer appending to `log` (see `recover`), with its checkpoint thread started.
+    pub fn new(
+        db: Arc<Database>,
+        tiers: Arc<RwLock<Tiers>>,
+        log: Log,
+        log_base: PathBuf,
+        tuning: Tuning,
+    ) -> Result<Self> {
+        let (frozen, frozen_receiver) = mpsc::sync_channel(1);
+        let (done_sender, done) = mpsc::sync_channel(1);
+        let closing = Arc::new(AtomicBool::new(false));
+        let thread = checkpoint::spawn(
+            Arc::clone(&db),
+            log_base.clone(),
+            frozen_receiver,
+            done_sender,
+            Arc::clone(&closing),
+        )?;
+        Ok(Self {
+            db,
+            tiers,
+            log,
+            log_base,
+            tuning,
+            last_freeze: Instant::now(),
+            checkpoints: Checkpoints {
+                frozen: Some(frozen),
+                done,
+                closing,
+                thread: Some(thread),
+            },
+            failed: None,
+        })
+    }
+
+    /// Starts the writer thread; it runs until every sender is dropped and the queue is
+    /// drained, then checkpoints what is left.
+    pub fn spawn(self) -> Result<(mpsc_async::Sender<Job>, JoinHandle<()>)> {
+        let (sender, receiver) = mpsc_async::channel(QUEUE_CAPACITY);
+        let thread = std::thread::Builder::new()
+            .name("message-store-writer".to_owned())
+            .spawn(move || {
+                self.run(receiver);
+            })
+            .map_err(|e| Error::unavailable(format!("message store: cannot start writer: {e}")))?;
+        Ok((sender, thread))
+    }
+
+    /// The writer's loop: one log frame per batch of queued jobs, until the queue is closed
+    /// and empty. Returns the number of batches.
+    pub fn run(mut self, mut receiver: mpsc_async::Receiver<Job>) -> u64 {
+        let mut batch = Vec::with_capacity(BATCH_CAP);
+        let mut batches = 0;
+        while let Some(first) = receiver.blocking_recv() {
+            batches += 1;
+            batch.push(first);
+            while batch.len() < BATCH_CAP {
+                match receiver.try_recv() {
+                    Ok(job) => batch.push(job),
+                    Err(_) => break,
+                }
+            }
+            let committed = self.write_batch(&mut batch);
+            for job in batch.drain(..) {
+                job.finish(&committed);
+            }
+            self.collect_checkpoints();
+            if self.freeze_due() {
+                self.freeze();
             }
         }
-        let committed = write_batch(db, &mut batch);
-        for job in batch.drain(..) {
-            job.finish(&committed);
+        self.shut_down();
+        batches
+    }
+
+    /// Applies every job against the tiers and redb, appends the changes to the log, syncs
+    /// it, and only then makes them visible. On error nothing of the batch is stored.
+    fn write_batch(&mut self, batch: &mut [Job]) -> Result<()> {
+        if let Some(e) = &self.failed {
+            return Err(e.clone());
+        }
+        self.make_room()?;
+        let changes = {
+            let tiers = self.tiers.read().unwrap_or_else(PoisonError::into_inner);
+            let tx = self.db.begin_read().map_err(db_err)?;
+            let mut view = BatchView::open(&tiers, &tx)?;
+            apply_jobs(&mut view, batch)?;
+            view.changes
+        };
+        if changes.is_empty() {
+            return Ok(());
+        }
+        if let Err(e) = self.log.append(&changes) {
+            let error = Error::unavailable(format!(
+                "message store: write-ahead log failed ({e}); writes are refused until restart"
+            ));
+            tracing::error!(%error);
+            self.failed = Some(error.clone());
+            return Err(error);
+        }
+        self.tiers
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .active
+            .merge(changes);
+        Ok(())
+    }
+
+    /// Drops every frozen table whose checkpoint has committed.
+    fn collect_checkpoints(&mut self) {
+        while self.checkpoints.done.try_recv().is_ok() {
+            self.tiers
+                .write()
+                .unwrap_or_else(PoisonError::into_inner)
+                .frozen = None;
         }
     }
-    transactions
-}
 
-/// Applies every job in one transaction and commits it durably. On error nothing of the
-/// batch is stored.
-fn write_batch(db: &Database, batch: &mut [Job]) -> Result<()> {
-    let mut tx = db.begin_write().map_err(db_err)?;
-    tx.set_durability(Durability::Immediate);
-    {
-        let mut tables = Tables::open(&tx)?;
-        apply_jobs(&mut tables, batch)?;
-        tables.write_back()?;
+    fn freeze_due(&self) -> bool {
+        let tiers = self.tiers.read().unwrap_or_else(PoisonError::into_inner);
+        tiers.frozen.is_none()
+            && !tiers.active.is_empty()
+            && (tiers.active.len() >= self.tuning.freeze_at_entries
+                || self.last_freeze.elapsed() >= self.tuning.freeze_after)
     }
-    tx.commit().map_err(db_err)
+
+    /// Back-pressure: with the active table full and a checkpoint running, waits for it.
+    fn make_room(&mut self) -> Result<()> {
+        let (full, checkpointing) = {
+            let tiers = self.tiers.read().unwrap_or_else(PoisonError::into_inner);
+            (
+                tiers.active.len() >= self.tuning.max_active_entries,
+                tiers.frozen.is_some(),
+            )
+        };
+        if !full {
+            return Ok(());
+        }
+        if checkpointing {
+            match self
+                .checkpoints
+                .done
+                .recv_timeout(self.tuning.checkpoint_wait)
+            {
+                Ok(_) => {
+                    self.tiers
+                        .write()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .frozen = None;
+                }
+                Err(_) => {
+                    return Err(Error::unavailable(
+                        "message store: checkpoints are behind; try again later",
+                    ));
+                }
+            }
+        }
+        self.freeze();
+        Ok(())
+    }
+
+    /// Starts a new log segment, moves the active table to frozen and hands it to the
+    /// checkpoint thread. Called only when nothing is frozen.
+    fn freeze(&mut self) {
+        let through_generation = match self.log.rotate() {
+            Ok(generation) => generation,
+            Err(e) => {
+                tracing::warn!(error = %e, "message store: cannot start a log segment; checkpoint postponed");
+                return;
+            }
+        };
+        let table = {
+            let mut tiers = self.tiers.write().unwrap_or_else(PoisonError::into_inner);
+            let table = Arc::new(std::mem::take(&mut tiers.active));
+            tiers.frozen = Some(Arc::clone(&table));
+            table
+        };
+        self.last_freeze = Instant::now();
+        let sent = self.checkpoints.frozen.as_ref().map(|s| {
+            s.send(Frozen {
+                table,
+                through_generation,
+            })
+        });
+        if !matches!(sent, Some(Ok(()))) {
+            tracing::error!("message store: checkpoint thread is gone; the log keeps the data");
+        }
+    }
+
+    /// After the queue closed: lets a running checkpoint finish, stops the thread, and writes
+    /// what is left straight into redb so the next open has nothing to replay. Anything that
+    /// fails here stays in the log and is replayed on the next open.
+    fn shut_down(&mut self) {
+        self.checkpoints.closing.store(true, Ordering::SeqCst);
+        let checkpointing = self
+            .tiers
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .frozen
+            .is_some();
+        if checkpointing && self.checkpoints.done.recv().is_ok() {
+            self.tiers
+                .write()
+                .unwrap_or_else(PoisonError::into_inner)
+                .frozen = None;
+        }
+        self.checkpoints.frozen = None;
+        if let Some(thread) = self.checkpoints.thread.take() {
+            let _ = thread.join();
+        }
+        let tiers = self.tiers.read().unwrap_or_else(PoisonError::into_inner);
+        if tiers.frozen.is_some() || tiers.active.is_empty() {
+            return;
+        }
+        match checkpoint::apply(&self.db, &tiers.active) {
+            Ok(()) => {
+                if let Err(e) = log::remove_through(&self.log_base, self.log.generation()) {
+                    tracing::warn!(error = %e, "message store: cannot delete checkpointed log segments");
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "message store: final checkpoint failed; the next open replays the log");
+            }
+        }
+    }
 }
 
-/// Runs every job of the batch against the open tables, in queue order.
-fn apply_jobs(tables: &mut Tables<'_>, batch: &mut [Job]) -> Result<()> {
+/// Runs every job of the batch against the view, in queue order.
+fn apply_jobs(view: &mut BatchView<'_>, batch: &mut [Job]) -> Result<()> {
     for job in batch.iter_mut() {
         match job {
             Job::Append {
                 message, result, ..
             } => {
-                *result = Some(tables.append(message)?);
+                *result = Some(view.append(message)?);
             }
             Job::AppendMany {
                 messages, result, ..
             } => {
                 let mut appended = Vec::with_capacity(messages.len());
                 for message in messages.iter() {
-                    appended.push(tables.append(message)?);
+                    appended.push(view.append(message)?);
                 }
                 *result = Some(Ok(appended));
             }
@@ -160,57 +405,45 @@ fn apply_jobs(tables: &mut Tables<'_>, batch: &mut [Job]) -> Result<()> {
                 result,
                 ..
             } => {
-                *result = Some(tables.mark_read(*user, *conversation, *seq)?);
+                *result = Some(view.mark_read(*user, *conversation, *seq)?);
             }
         }
     }
     Ok(())
 }
 
-/// The tables open in one write transaction, with the heads and read positions this batch
-/// changed but has not written yet. Methods return `Err` for a failure that aborts the
-/// transaction and `Ok(Err)` for a failure of this job alone.
-struct Tables<'t> {
-    messages: Table<'t, &'static [u8], &'static [u8]>,
-    heads: Table<'t, &'static [u8], u64>,
-    idempotency: Table<'t, &'static [u8], u64>,
-    read_positions: Table<'t, &'static [u8], u64>,
-    direct: Table<'t, &'static [u8], ()>,
-    /// Heads as of the last job of this batch, for conversations it appended to.
-    pending_heads: BTreeMap<ConvKey, u64>,
-    /// Read positions as of the last job of this batch, for the ones it moved.
-    pending_read_positions: BTreeMap<[u8; 25], u64>,
+/// What one batch sees: its own changes first, then the recent tiers, then redb (a read
+/// transaction opened after the tiers were locked, so nothing falls between them). Methods
+/// return `Err` for a failure that aborts the batch and `Ok(Err)` for a failure of this job
+/// alone.
+struct BatchView<'a> {
+    tiers: &'a Tiers,
+    messages: ReadOnlyTable<&'static [u8], &'static [u8]>,
+    heads: ReadOnlyTable<&'static [u8], u64>,
+    idempotency: ReadOnlyTable<&'static [u8], u64>,
+    read_positions: ReadOnlyTable<&'static [u8], u64>,
+    /// What this batch wrote, as it will be logged and merged.
+    changes: Recent,
 }
 
-impl<'t> Tables<'t> {
-    fn open(tx: &'t WriteTransaction) -> Result<Self> {
+impl<'a> BatchView<'a> {
+    fn open(tiers: &'a Tiers, tx: &ReadTransaction) -> Result<Self> {
         Ok(Self {
+            tiers,
             messages: tx.open_table(MESSAGES).map_err(db_err)?,
             heads: tx.open_table(HEADS).map_err(db_err)?,
             idempotency: tx.open_table(IDEMPOTENCY).map_err(db_err)?,
             read_positions: tx.open_table(READ_POSITIONS).map_err(db_err)?,
-            direct: tx.open_table(DIRECT).map_err(db_err)?,
-            pending_heads: BTreeMap::new(),
-            pending_read_positions: BTreeMap::new(),
+            changes: Recent::default(),
         })
     }
 
-    /// Writes every head and read position the batch changed, once each, in key order.
-    fn write_back(&mut self) -> Result<()> {
-        for (conv, seq) in std::mem::take(&mut self.pending_heads) {
-            self.heads.insert(conv.as_slice(), seq).map_err(db_err)?;
-        }
-        for (key, seq) in std::mem::take(&mut self.pending_read_positions) {
-            self.read_positions
-                .insert(key.as_slice(), seq)
-                .map_err(db_err)?;
-        }
-        Ok(())
-    }
-
     fn head(&self, conv: &ConvKey) -> Result<u64> {
-        if let Some(seq) = self.pending_heads.get(conv) {
+        if let Some(seq) = self.changes.heads.get(conv) {
             return Ok(*seq);
+        }
+        if let Some(seq) = self.tiers.newest(|t| &t.heads, conv) {
+            return Ok(seq);
         }
         Ok(self
             .heads
@@ -219,9 +452,12 @@ impl<'t> Tables<'t> {
             .map_or(0, |g| g.value()))
     }
 
-    fn read_position(&self, key: &[u8; 25]) -> Result<u64> {
-        if let Some(seq) = self.pending_read_positions.get(key) {
+    fn read_position(&self, key: &UserConvKey) -> Result<u64> {
+        if let Some(seq) = self.changes.read_positions.get(key) {
             return Ok(*seq);
+        }
+        if let Some(seq) = self.tiers.newest(|t| &t.read_positions, key) {
+            return Ok(seq);
         }
         Ok(self
             .read_positions
@@ -230,17 +466,30 @@ impl<'t> Tables<'t> {
             .map_or(0, |g| g.value()))
     }
 
+    fn idempotent_seq(&self, key: &[u8]) -> Result<Option<u64>> {
+        if let Some(seq) = self
+            .changes
+            .idempotency
+            .get(key)
+            .copied()
+            .or_else(|| self.tiers.idempotent_seq(key))
+        {
+            return Ok(Some(seq));
+        }
+        Ok(self
+            .idempotency
+            .get(key)
+            .map_err(db_err)?
+            .map(|g| g.value()))
+    }
+
     fn append(&mut self, new: &NewMessage) -> Result<Result<Appended>> {
         if new.client_msg_id.is_empty() {
             return Ok(Err(Error::invalid("client_msg_id must not be empty")));
         }
         let conv = new.conversation.to_key();
         let idempotency = idempotency_key(&conv, &new.client_msg_id);
-        let first = self
-            .idempotency
-            .get(idempotency.as_slice())
-            .map_err(db_err)?;
-        if let Some(seq) = first.map(|g| g.value()) {
+        if let Some(seq) = self.idempotent_seq(&idempotency)? {
             return self.duplicate(new.conversation, &conv, seq);
         }
 
@@ -261,23 +510,19 @@ impl<'t> Tables<'t> {
             content: Some(new.content.clone()),
             created_at: Some(timestamp(new.created_at_ms)),
         };
-        let record = message.encode_to_vec();
-        let key = message_key(&conv, seq);
-        self.messages
-            .insert(key.as_slice(), record.as_slice())
-            .map_err(db_err)?;
-        self.pending_heads.insert(conv, seq);
-        self.idempotency
-            .insert(idempotency.as_slice(), seq)
-            .map_err(db_err)?;
+        let record: Arc<[u8]> = Arc::from(message.encode_to_vec());
+        self.changes
+            .messages
+            .insert(message_key(&conv, seq), record);
+        self.changes.heads.insert(conv, seq);
+        self.changes.idempotency.insert(idempotency, seq);
         // One's own message is read: every earlier seq is below `seq`, so this only moves up.
-        self.pending_read_positions
+        self.changes
+            .read_positions
             .insert(user_conv_key(new.sender, &conv), seq);
         if let (ConversationId::Direct { lo, hi }, 0) = (new.conversation, head) {
             for member in [lo, hi] {
-                self.direct
-                    .insert(user_conv_key(member, &conv).as_slice(), ())
-                    .map_err(db_err)?;
+                self.changes.direct.insert(user_conv_key(member, &conv));
             }
         }
         Ok(Ok(Appended {
@@ -294,12 +539,24 @@ impl<'t> Tables<'t> {
         seq: u64,
     ) -> Result<Result<Appended>> {
         let key = message_key(conv, seq);
-        let Some(record) = self.messages.get(key.as_slice()).map_err(db_err)? else {
-            return Ok(Err(Error::internal(format!(
-                "message store: {conversation}: idempotency entry points to missing seq {seq}"
-            ))));
+        let record = match self
+            .changes
+            .messages
+            .get(&key)
+            .cloned()
+            .or_else(|| self.tiers.message(&key))
+        {
+            Some(record) => decode_message(&record),
+            None => match self.messages.get(key.as_slice()).map_err(db_err)? {
+                Some(stored) => decode_message(stored.value()),
+                None => {
+                    return Ok(Err(Error::internal(format!(
+                        "message store: {conversation}: idempotency entry points to missing seq {seq}"
+                    ))));
+                }
+            },
         };
-        Ok(decode_message(record.value()).map(|message| Appended {
+        Ok(record.map(|message| Appended {
             message,
             duplicate: true,
         }))
@@ -318,7 +575,7 @@ impl<'t> Tables<'t> {
         if target <= current {
             return Ok(Ok(current));
         }
-        self.pending_read_positions.insert(key, target);
+        self.changes.read_positions.insert(key, target);
         Ok(Ok(target))
     }
 }
