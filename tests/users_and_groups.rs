@@ -515,9 +515,20 @@ async fn remove_friend_ends_friendships_and_declines_requests() {
     let carol = server.user("carol").await;
 
     befriend(&alice, &bob).await;
+    let dm = alice.dm_with(&bob);
+    alice.send_text(&dm, "while friends").await;
     remove_friend(&bob, alice.user_id)
         .await
         .expect("RemoveFriend");
+    // The send path keeps recent friendship answers: an ended friendship must still stop
+    // direct messages at once, both ways.
+    for (from, to) in [(&alice, &bob), (&bob, &alice)] {
+        let refused = from
+            .try_send_text(&from.dm_with(to), "after-unfriend", "no longer friends")
+            .await
+            .expect_err("a direct message after the friendship ended");
+        assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
+    }
     assert_eq!(friend_ids(&alice).await, (vec![], vec![], vec![]));
     assert_eq!(friend_ids(&bob).await, (vec![], vec![], vec![]));
     assert_code(

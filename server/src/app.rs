@@ -45,7 +45,8 @@ use crate::{
     metrics::{self, Metrics},
     service::{
         AccountService, ChatService, GroupService, PeopleService, PresenceService,
-        chat::ChatLimits, delivery::Delivery, presence::PresenceSettings, rate_limit::RateLimiter,
+        chat::ChatLimits, delivery::Delivery, friendship_cache::FriendshipCache,
+        presence::PresenceSettings, rate_limit::RateLimiter,
     },
     session::{CloseReason, Hub, live::LiveSessions},
     snowflake::{self, Snowflake},
@@ -279,7 +280,12 @@ async fn build_services(
         config.access_token_ttl,
         config.refresh_token_ttl,
     ));
-    let people = Arc::new(PeopleService::new(directory.clone(), presence.clone()));
+    let friendships = Arc::new(FriendshipCache::default());
+    let people = Arc::new(PeopleService::new(
+        directory.clone(),
+        presence.clone(),
+        friendships.clone(),
+    ));
     let groups = Arc::new(GroupService::new(directory, config.max_group_members));
     let limits = ChatLimits {
         max_content_bytes: config.max_content_bytes,
@@ -294,6 +300,7 @@ async fn build_services(
         rate,
         limits,
         metrics.clone(),
+        friendships,
     ));
     let live = Arc::new(LiveSessions::new(
         chat.clone(),

@@ -27,7 +27,9 @@ use crate::{
     error::{Error, Result},
     ids::{ConversationId, UserId},
     metrics::Metrics,
-    service::{delivery::Delivery, rate_limit::RateLimiter, validate},
+    service::{
+        delivery::Delivery, friendship_cache::FriendshipCache, rate_limit::RateLimiter, validate,
+    },
     snowflake::Snowflake,
 };
 
@@ -70,6 +72,8 @@ pub struct ChatService {
     rate: RateLimiter,
     limits: ChatLimits,
     metrics: Arc<Metrics>,
+    /// Recent friendship answers, shared with the people service (which forgets ended ones).
+    friendships: Arc<FriendshipCache>,
     typing_rate: RateLimiter,
     push_tasks: Arc<Semaphore>,
 }
@@ -89,9 +93,11 @@ impl ChatService {
         rate: RateLimiter,
         limits: ChatLimits,
         metrics: Arc<Metrics>,
+        friendships: Arc<FriendshipCache>,
     ) -> Self {
         Self {
             backends,
+            friendships,
             delivery,
             ids,
             rate,
@@ -224,10 +230,13 @@ impl ChatService {
                 let Some(peer) = conversation.peer_of(sender) else {
                     return Err(Error::denied("you are not a member of this conversation"));
                 };
-                if !self.backends.directory.are_friends(sender, peer).await? {
-                    return Err(Error::denied(format!(
-                        "user {peer} is not your friend: direct messages need a friendship"
-                    )));
+                if let Err(epoch) = self.friendships.check(sender, peer) {
+                    if !self.backends.directory.are_friends(sender, peer).await? {
+                        return Err(Error::denied(format!(
+                            "user {peer} is not your friend: direct messages need a friendship"
+                        )));
+                    }
+                    self.friendships.remember(sender, peer, epoch);
                 }
                 Ok(vec![lo, hi])
             }

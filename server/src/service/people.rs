@@ -10,7 +10,7 @@ use crate::{
     },
     error::{Error, Result},
     ids::UserId,
-    service::{presence::PresenceService, validate},
+    service::{friendship_cache::FriendshipCache, presence::PresenceService, validate},
 };
 
 /// A user's relationships, with the other users' profiles.
@@ -31,14 +31,22 @@ pub enum UserKey {
 pub struct PeopleService {
     directory: Arc<dyn Directory>,
     presence: Arc<PresenceService>,
+    /// The send path's friendship answers: an ended friendship is forgotten here.
+    friendships: Arc<FriendshipCache>,
 }
 
 impl PeopleService {
-    /// Profiles and friends over `directory`; visibility changes reach `presence`.
-    pub fn new(directory: Arc<dyn Directory>, presence: Arc<PresenceService>) -> Self {
+    /// Profiles and friends over `directory`; visibility changes reach `presence`, ended
+    /// friendships `friendships`.
+    pub fn new(
+        directory: Arc<dyn Directory>,
+        presence: Arc<PresenceService>,
+        friendships: Arc<FriendshipCache>,
+    ) -> Self {
         Self {
             directory,
             presence,
+            friendships,
         }
     }
 
@@ -115,6 +123,7 @@ impl PeopleService {
     /// Ends a friendship or withdraws/declines a request; `NotFound` if there was none.
     pub async fn remove_friend(&self, me: UserId, other: UserId) -> Result<()> {
         if self.directory.remove_relation(me, other).await? {
+            self.friendships.forget(me, other);
             Ok(())
         } else {
             Err(Error::not_found(format!(
