@@ -12,10 +12,11 @@
 //! `payload length (u32 LE) ++ CRC-32 of payload (u32 LE) ++ payload`, the payload one
 //! [`Recent`] encoded as five counted lists (see [`encode`]). A frame is synced before any of
 //! its jobs is answered, so only the last frame of a segment can be incomplete (a crash
-//! during its write, never acknowledged): replay stops at the first frame that is short or
-//! fails its CRC and says how many bytes it ignored. After a failed write or sync the writer
+//! during its write, never acknowledged): replay ignores a last frame that is short or fails
+//! its CRC and says how many bytes it ignored. After a failed write or sync the writer
 //! appends nothing more to the segment (see `writer`: the store refuses writes until
-//! restarted), so a bad frame is always the last one.
+//! restarted), so a bad frame with bytes after it is corruption, and opening fails rather
+//! than drop acknowledged writes silently.
 
 use std::{
     fs::{self, File, OpenOptions},
@@ -26,9 +27,18 @@ use std::{
 
 use super::recent::Recent;
 
-/// The largest frame replay accepts: a batch is at most 256 jobs of bounded messages, far
-/// below this; anything larger is a corrupt length.
-const MAX_FRAME: usize = 256 * 1024 * 1024;
+/// The largest frame: replay takes a larger length for corruption, and the writer refuses a
+/// batch that would need one (before writing anything, so the log stays usable).
+const MAX_FRAME: usize = 1024 * 1024 * 1024;
+
+/// Why [`Log::append`] failed.
+#[derive(Debug)]
+pub(super) enum AppendError {
+    /// The batch's frame would exceed [`MAX_FRAME`] bytes; nothing was written.
+    TooLarge(usize),
+    /// A write or sync failed: the segment's tail is unknown.
+    Io(io::Error),
+}
 
 /// The open segment the writer appends to.
 pub(super) struct Log {
@@ -83,9 +93,20 @@ pub(super) fn replay(base: &Path) -> io::Result<Replayed> {
                     replayed.table.merge(frame);
                     rest = after;
                 }
-                None => {
+                None if is_torn_tail(rest) => {
                     replayed.ignored_bytes += rest.len() as u64;
                     break;
+                }
+                None => {
+                    let offset = bytes.len() - rest.len();
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!(
+                            "{}: corrupt frame at byte {offset} with more frames after it; \
+                             acknowledged writes would be lost (move the file away to accept that)",
+                            path.display()
+                        ),
+                    ));
                 }
             }
         }
@@ -105,13 +126,12 @@ pub(super) fn remove_through(base: &Path, generation: u64) -> io::Result<()> {
 }
 
 impl Log {
-    /// Creates segment `generation` (which must not exist) and makes its name durable.
+    /// Creates segment `generation` and makes its name durable. A file of that generation
+    /// can only be left by an earlier attempt that failed to sync the directory (nothing is
+    /// appended to a segment before this returned), so it is reused.
     pub fn create(base: &Path, generation: u64) -> io::Result<Self> {
         let path = segment_path(base, generation);
-        let file = OpenOptions::new()
-            .create_new(true)
-            .append(true)
-            .open(&path)?;
+        let file = OpenOptions::new().create(true).append(true).open(&path)?;
         sync_dir(&dir_and_prefix(base).0)?;
         Ok(Self {
             base: base.to_owned(),
@@ -137,19 +157,19 @@ impl Log {
     }
 
     /// Appends `changes` as one frame and syncs it: when this returns Ok the batch survives
-    /// a crash.
-    pub fn append(&mut self, changes: &Recent) -> io::Result<()> {
+    /// a crash. [`AppendError::TooLarge`] means nothing was written.
+    pub fn append(&mut self, changes: &Recent) -> Result<(), AppendError> {
         let payload = encode(changes);
         let length = u32::try_from(payload.len())
             .ok()
             .filter(|&l| l as usize <= MAX_FRAME)
-            .ok_or_else(|| io::Error::other("log frame too large"))?;
+            .ok_or(AppendError::TooLarge(payload.len()))?;
         let mut frame = Vec::with_capacity(8 + payload.len());
         frame.extend_from_slice(&length.to_le_bytes());
         frame.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
         frame.extend_from_slice(&payload);
-        self.file.write_all(&frame)?;
-        self.file.sync_data()
+        self.file.write_all(&frame).map_err(AppendError::Io)?;
+        self.file.sync_data().map_err(AppendError::Io)
     }
 
     /// Starts the next segment; returns the generation of the one it replaced, which holds
@@ -182,6 +202,19 @@ fn dir_and_prefix(base: &Path) -> (PathBuf, String) {
 
 fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
+}
+
+/// Whether a frame that does not read is the tail of an interrupted write: it runs to the end
+/// of the segment (a write is never followed by another once it failed). A bad frame with
+/// bytes after it is corruption.
+fn is_torn_tail(bytes: &[u8]) -> bool {
+    match bytes.get(..4) {
+        Some(length) => {
+            let length = u32::from_le_bytes([length[0], length[1], length[2], length[3]]) as usize;
+            length > MAX_FRAME || bytes.len() <= 8 + length
+        }
+        None => true,
+    }
 }
 
 /// One frame from the front of `bytes` and what follows it; `None` if it is short, fails its
@@ -358,7 +391,23 @@ mod tests {
     }
 
     #[test]
-    fn a_flipped_bit_ends_replay() {
+    fn a_corrupt_frame_followed_by_others_fails_the_replay() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let base = dir.path().join("m.redb");
+        let mut log = Log::create(&base, 7).expect("create");
+        for n in 1..=3 {
+            log.append(&sample(n)).expect("append");
+        }
+        let path = segment_path(&base, 7);
+        let mut bytes = fs::read(&path).expect("read");
+        bytes[20] ^= 1;
+        fs::write(&path, &bytes).expect("write");
+        let error = replay(&base).err().expect("corruption is an error");
+        assert_eq!(error.kind(), io::ErrorKind::InvalidData);
+    }
+
+    #[test]
+    fn a_flipped_bit_in_the_last_frame_ends_replay() {
         let dir = tempfile::tempdir().expect("temp dir");
         let base = dir.path().join("m.redb");
         let mut log = Log::create(&base, 7).expect("create");

@@ -39,7 +39,7 @@ use super::{
         ConvKey, HEADS, IDEMPOTENCY, MESSAGES, READ_POSITIONS, db_err, decode_message,
         idempotency_key, message_key, timestamp, user_conv_key,
     },
-    log::{self, Log},
+    log::{self, AppendError, Log},
     recent::{Recent, Tiers, UserConvKey},
 };
 use crate::{
@@ -245,13 +245,21 @@ impl Writer {
         if changes.is_empty() {
             return Ok(());
         }
-        if let Err(e) = self.log.append(&changes) {
-            let error = Error::unavailable(format!(
-                "message store: write-ahead log failed ({e}); writes are refused until restart"
-            ));
-            tracing::error!(%error);
-            self.failed = Some(error.clone());
-            return Err(error);
+        match self.log.append(&changes) {
+            Ok(()) => {}
+            Err(AppendError::TooLarge(bytes)) => {
+                return Err(Error::unavailable(format!(
+                    "message store: a batch of {bytes} bytes is too large for one log frame; retry"
+                )));
+            }
+            Err(AppendError::Io(e)) => {
+                let error = Error::unavailable(format!(
+                    "message store: write-ahead log failed ({e}); writes are refused until restart"
+                ));
+                tracing::error!(%error);
+                self.failed = Some(error.clone());
+                return Err(error);
+            }
         }
         self.tiers
             .write()
@@ -264,11 +272,20 @@ impl Writer {
     /// Drops every frozen table whose checkpoint has committed.
     fn collect_checkpoints(&mut self) {
         while self.checkpoints.done.try_recv().is_ok() {
-            self.tiers
-                .write()
-                .unwrap_or_else(PoisonError::into_inner)
-                .frozen = None;
+            self.drop_frozen();
         }
+    }
+
+    /// Forgets the frozen table (its checkpoint committed). The table is freed after the
+    /// lock is released: readers never wait for a large table's deallocation.
+    fn drop_frozen(&self) {
+        let frozen = self
+            .tiers
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .frozen
+            .take();
+        drop(frozen);
     }
 
     fn freeze_due(&self) -> bool {
@@ -292,36 +309,36 @@ impl Writer {
             return Ok(());
         }
         if checkpointing {
-            match self
+            if self
                 .checkpoints
                 .done
                 .recv_timeout(self.tuning.checkpoint_wait)
+                .is_err()
             {
-                Ok(_) => {
-                    self.tiers
-                        .write()
-                        .unwrap_or_else(PoisonError::into_inner)
-                        .frozen = None;
-                }
-                Err(_) => {
-                    return Err(Error::unavailable(
-                        "message store: checkpoints are behind; try again later",
-                    ));
-                }
+                return Err(Error::unavailable(
+                    "message store: checkpoints are behind; try again later",
+                ));
             }
+            self.drop_frozen();
         }
-        self.freeze();
-        Ok(())
+        if self.freeze() {
+            Ok(())
+        } else {
+            Err(Error::unavailable(
+                "message store: cannot start a checkpoint; try again later",
+            ))
+        }
     }
 
     /// Starts a new log segment, moves the active table to frozen and hands it to the
-    /// checkpoint thread. Called only when nothing is frozen.
-    fn freeze(&mut self) {
+    /// checkpoint thread; false if no segment could be started. Called only when nothing is
+    /// frozen.
+    fn freeze(&mut self) -> bool {
         let through_generation = match self.log.rotate() {
             Ok(generation) => generation,
             Err(e) => {
                 tracing::warn!(error = %e, "message store: cannot start a log segment; checkpoint postponed");
-                return;
+                return false;
             }
         };
         let table = {
@@ -340,6 +357,7 @@ impl Writer {
         if !matches!(sent, Some(Ok(()))) {
             tracing::error!("message store: checkpoint thread is gone; the log keeps the data");
         }
+        true
     }
 
     /// After the queue closed: lets a running checkpoint finish, stops the thread, and writes
@@ -354,10 +372,7 @@ impl Writer {
             .frozen
             .is_some();
         if checkpointing && self.checkpoints.done.recv().is_ok() {
-            self.tiers
-                .write()
-                .unwrap_or_else(PoisonError::into_inner)
-                .frozen = None;
+            self.drop_frozen();
         }
         self.checkpoints.frozen = None;
         if let Some(thread) = self.checkpoints.thread.take() {
