@@ -48,36 +48,37 @@ pub(super) fn apply(db: &Database, table: &Recent) -> Result<()> {
         for (key, seq) in keys {
             idempotency.insert(key.as_slice(), *seq).map_err(db_err)?;
         }
-        let mut heads = tx.open_table(HEADS).map_err(db_err)?;
-        let mut entries: Vec<_> = table.heads.iter().collect();
-        entries.sort_unstable();
-        for (conv, seq) in entries {
-            let stored = heads
-                .get(conv.as_slice())
-                .map_err(db_err)?
-                .map(|g| g.value());
-            if stored.is_none_or(|s| s < *seq) {
-                heads.insert(conv.as_slice(), *seq).map_err(db_err)?;
-            }
-        }
-        let mut reads = tx.open_table(READ_POSITIONS).map_err(db_err)?;
-        let mut entries: Vec<_> = table.read_positions.iter().collect();
-        entries.sort_unstable();
-        for (key, seq) in entries {
-            let stored = reads
-                .get(key.as_slice())
-                .map_err(db_err)?
-                .map(|g| g.value());
-            if stored.is_none_or(|s| s < *seq) {
-                reads.insert(key.as_slice(), *seq).map_err(db_err)?;
-            }
-        }
+        raise_all(&mut tx.open_table(HEADS).map_err(db_err)?, &table.heads)?;
+        raise_all(
+            &mut tx.open_table(READ_POSITIONS).map_err(db_err)?,
+            &table.read_positions,
+        )?;
         let mut direct = tx.open_table(DIRECT).map_err(db_err)?;
         for key in &table.direct {
             direct.insert(key.as_slice(), ()).map_err(db_err)?;
         }
     }
     tx.commit().map_err(db_err)
+}
+
+/// Writes each entry, in key order, unless the table already holds a value at least as large
+/// (heads and read positions only move up).
+fn raise_all<const N: usize>(
+    stored: &mut redb::Table<'_, &'static [u8], u64>,
+    entries: &std::collections::HashMap<[u8; N], u64>,
+) -> Result<()> {
+    let mut entries: Vec<_> = entries.iter().collect();
+    entries.sort_unstable();
+    for (key, seq) in entries {
+        let current = stored
+            .get(key.as_slice())
+            .map_err(db_err)?
+            .map(|g| g.value());
+        if current.is_none_or(|c| c < *seq) {
+            stored.insert(key.as_slice(), *seq).map_err(db_err)?;
+        }
+    }
+    Ok(())
 }
 
 /// Starts the checkpoint thread. It applies each frozen table it receives, deletes the log
