@@ -49,8 +49,8 @@ struct UserPresence {
 
 /// What the fan-out task records in the shared store (and maybe announces), one at a time,
 /// in the order it happened here: so a refresh can never bring back what a later change
-/// cleared.
-#[derive(Debug, Clone, Copy)]
+/// cleared, nor record ahead of time what an earlier change has yet to announce.
+#[derive(Debug)]
 enum Change {
     /// `user` became live or silent on this server.
     Presence {
@@ -65,8 +65,26 @@ enum Change {
     StreamsClosed(UserId),
     /// The server holding `user` died and the store was cleaned: offline everywhere now.
     Departed { user: UserId, last_active_ms: i64 },
-    /// Renew the TTL of everything this server holds.
-    Refresh,
+    /// Renew the TTL of everything this server held when the renewal was queued.
+    Refresh(Renewal),
+}
+
+/// Who was live and who had streams here at one instant, taken under the same lock as the
+/// changes queued around it. A snapshot taken later, when the fan-out task gets to it, would
+/// hold users whose "online" is still queued: `set_live` would then find them live already,
+/// and their friends would never hear it.
+struct Renewal {
+    live: Vec<(UserId, i64)>,
+    routed: Vec<UserId>,
+}
+
+impl std::fmt::Debug for Renewal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Renewal")
+            .field("live", &self.live.len())
+            .field("routed", &self.routed.len())
+            .finish()
+    }
 }
 
 /// Presence timing and limits.
@@ -325,7 +343,8 @@ impl PresenceService {
     }
 
     fn queue(&self, change: Change) {
-        if self.changes.try_send(change).is_err() {
+        if let Err(e) = self.changes.try_send(change) {
+            let change = e.into_inner();
             tracing::warn!(?change, "presence change queue full: change not recorded");
         }
     }
@@ -336,7 +355,7 @@ impl PresenceService {
                 () = shutdown.cancelled() => return,
                 change = rx.recv() => match change { Some(c) => c, None => return },
             };
-            if let Err(e) = self.deliver_change(change).await {
+            if let Err(e) = self.deliver_change(&change).await {
                 tracing::warn!(?change, error = %e, "presence fan-out failed");
             }
         }
@@ -344,11 +363,11 @@ impl PresenceService {
 
     /// Records a change in the shared store and, when the user's state changed across the
     /// cluster, tells their friends.
-    async fn deliver_change(&self, change: Change) -> Result<()> {
+    async fn deliver_change(&self, change: &Change) -> Result<()> {
         let store = self.delivery.store();
         let server = self.delivery.server_id();
-        let (user, online, mut last_active_ms, visibility) = match change {
-            Change::Refresh => return self.refresh_shared().await,
+        let (user, online, mut last_active_ms, visibility) = match *change {
+            Change::Refresh(ref renewal) => return self.refresh_shared(renewal).await,
             Change::StreamsClosed(user) => return self.delivery.route_closed(user).await,
             Change::Departed {
                 user,
@@ -468,35 +487,38 @@ impl PresenceService {
         loop {
             tokio::select! {
                 () = shutdown.cancelled() => return,
-                _ = interval.tick() => self.queue(Change::Refresh),
+                _ = interval.tick() => self.queue_refresh(),
             }
         }
     }
 
-    /// Renews the TTL of the users live here and of those with streams here (and this
-    /// server's own liveness, even with nobody).
-    async fn refresh_shared(&self) -> Result<()> {
-        let (live, routed): (Vec<(UserId, i64)>, Vec<UserId>) = {
-            let users = self.lock_users();
-            (
-                users
-                    .iter()
-                    .filter(|(_, p)| p.online)
-                    .map(|(u, p)| (*u, p.last_active_ms))
-                    .collect(),
-                users
-                    .iter()
-                    .filter(|(_, p)| p.streams > 0)
-                    .map(|(u, _)| *u)
-                    .collect(),
-            )
+    /// Queues a renewal of the users live here and of those with streams here (and of this
+    /// server's own liveness, even with nobody), as they are now.
+    fn queue_refresh(&self) {
+        let users = self.lock_users();
+        let renewal = Renewal {
+            live: users
+                .iter()
+                .filter(|(_, p)| p.online)
+                .map(|(u, p)| (*u, p.last_active_ms))
+                .collect(),
+            routed: users
+                .iter()
+                .filter(|(_, p)| p.streams > 0)
+                .map(|(u, _)| *u)
+                .collect(),
         };
+        // Queued under the lock: every change made before the snapshot is ahead of it.
+        self.queue(Change::Refresh(renewal));
+    }
+
+    async fn refresh_shared(&self, renewal: &Renewal) -> Result<()> {
         self.delivery
             .store()
             .refresh(
                 self.delivery.server_id(),
-                &live,
-                &routed,
+                &renewal.live,
+                &renewal.routed,
                 self.offline_after,
             )
             .await

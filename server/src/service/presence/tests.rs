@@ -268,3 +268,21 @@ async fn overlapping_streams_count_in_order() {
     drop(b);
     assert_eq!(next(&mut watch.events).await.1, PresenceStatus::Offline);
 }
+
+/// A renewal queued just before a user's first heartbeat is processed after it: the renewal
+/// must not record the user as live ahead of the "online" announcement, or `set_live` finds
+/// them live already and friends never hear that they came online.
+#[tokio::test(start_paused = true)]
+async fn a_renewal_queued_before_a_heartbeat_does_not_swallow_the_online_event() {
+    let f = fixture().await;
+    let mut watch = f.presence.watch(f.bob, &[f.alice]).await.unwrap();
+    assert_eq!(next(&mut watch.events).await.1, PresenceStatus::Offline);
+    // Both queued before the fan-out task runs (no await in between, one thread).
+    f.presence.queue_refresh();
+    f.presence.touch(f.alice);
+    assert_eq!(
+        next(&mut watch.events).await,
+        (f.alice.0, PresenceStatus::Online),
+        "the heartbeat's online is announced"
+    );
+}
