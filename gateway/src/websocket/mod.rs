@@ -24,8 +24,13 @@ use axum::{
     },
     response::Response,
 };
-use futures::{SinkExt, StreamExt, stream::SplitSink};
+use daehwa::v1::{ClientEvent, ServerEvent};
+use futures::{
+    SinkExt, StreamExt,
+    stream::{SplitSink, SplitStream},
+};
 use tokio::time::{Instant, timeout};
+use tonic::Status;
 
 use crate::{GatewayConfig, LiveSession, SessionPort};
 use codec::{Codec, DecodeError, JSON_SUBPROTOCOL, PROTO_SUBPROTOCOL};
@@ -90,10 +95,18 @@ pub async fn upgrade(
         .max_write_buffer_size(hard_limit + SOCKET_BUFFER)
         .max_message_size(hard_limit)
         .max_frame_size(hard_limit)
-        .on_upgrade(move |socket| run(socket, state, token))
+        .on_upgrade(move |socket| {
+            let codec = Codec::for_subprotocol(socket.protocol().and_then(|p| p.to_str().ok()));
+            let (sink, frames) = socket.split();
+            run(sink, frames, codec, state, token)
+        })
 }
 
 type Sink = SplitSink<WebSocket, Message>;
+type Frames = SplitStream<WebSocket>;
+
+/// Why a session's socket is closed: the code and reason of its close frame.
+type Closing = (u16, String);
 
 /// Sends a close frame, waiting at most a second (the peer may not be reading).
 async fn close_with(sink: &mut Sink, code: u16, reason: &str) {
@@ -105,9 +118,35 @@ async fn close_with(sink: &mut Sink, code: u16, reason: &str) {
     .await;
 }
 
-async fn run(socket: WebSocket, state: WsState, token: Option<String>) {
-    let codec = Codec::for_subprotocol(socket.protocol().and_then(|p| p.to_str().ok()));
-    let (mut sink, mut frames) = socket.split();
+/// One WebSocket session: authenticate, open the live session, relay until either side ends.
+///
+/// An idle session is one task parked in [`relay`], so the size of that state machine is
+/// memory per connection: authentication and closing run in boxed futures of their own,
+/// which exist only while they run.
+async fn run(
+    mut sink: Sink,
+    mut frames: Frames,
+    codec: Codec,
+    state: WsState,
+    token: Option<String>,
+) {
+    let opened = Box::pin(open_session(&mut frames, &state, token)).await;
+    let closing = match opened {
+        Ok(session) => relay(&mut sink, &mut frames, codec, session, &state).await,
+        Err(closing) => Some(closing),
+    };
+    if let Some((code, reason)) = closing {
+        Box::pin(close_with(&mut sink, code, &reason)).await;
+    }
+}
+
+/// Authenticates (token from the URL or header, else the first text frame) and opens the
+/// live session.
+async fn open_session(
+    frames: &mut Frames,
+    state: &WsState,
+    token: Option<String>,
+) -> Result<LiveSession, Closing> {
     let token = match token {
         Some(token) => token,
         None => match timeout(state.idle_timeout, frames.next()).await {
@@ -118,77 +157,132 @@ async fn run(socket: WebSocket, state: WsState, token: Option<String>) {
                 .to_owned(),
             _ => {
                 let reason = "authenticate first: access_token query parameter, Authorization header, or the token as the first text frame";
-                return close_with(&mut sink, close::POLICY, reason).await;
+                return Err((close::POLICY, reason.to_owned()));
             }
         },
     };
+    state
+        .port
+        .open(&token)
+        .await
+        .map_err(|status| (close::code_for(&status), status.message().to_owned()))
+}
+
+/// What the relay does next. Each wake-up is turned into one of these synchronously, so
+/// no event (a `ServerEvent` is several hundred bytes) is held across an await: the parked
+/// state machine stays small.
+enum Step {
+    /// Send this frame to the client.
+    Send(Message),
+    /// Hand this event to the session.
+    Forward(Box<ClientEvent>),
+    /// Nothing to do (a ping or pong from the peer).
+    Nothing,
+    /// Time to ping (the peer was heard from within the idle timeout).
+    Ping,
+    /// Stop, with this close frame (none when the peer is gone).
+    End(Option<Closing>),
+}
+
+/// Relays events both ways until the session or the socket ends; returns the close frame to
+/// send, if any.
+async fn relay(
+    sink: &mut Sink,
+    frames: &mut Frames,
+    codec: Codec,
+    session: LiveSession,
+    state: &WsState,
+) -> Option<Closing> {
     let LiveSession {
         mut events,
         client_events,
-    } = match state.port.open(&token).await {
-        Ok(session) => session,
-        Err(status) => {
-            return close_with(&mut sink, close::code_for(&status), status.message()).await;
-        }
-    };
+    } = session;
     let mut ping =
         tokio::time::interval_at(Instant::now() + state.ping_interval, state.ping_interval);
     let mut last_heard = Instant::now();
     loop {
-        tokio::select! {
-            event = events.next() => match event {
-                Some(Ok(event)) => {
-                    // A reader that stops reading stalls this send; the session's outbox then
-                    // fills and the session ends as too slow (1013 below). A peer that never
-                    // reads again is dropped after the idle timeout.
-                    match timeout(state.idle_timeout, sink.send(codec.encode(&event))).await {
-                        Ok(Ok(())) => {}
-                        _ => return,
-                    }
-                }
-                Some(Err(status)) => return close_with(&mut sink, close::code_for(&status), status.message()).await,
-                None => return close_with(&mut sink, close::NORMAL, "session ended").await,
-            },
+        let step = tokio::select! {
+            event = events.next() => outgoing(codec, event),
             frame = frames.next() => {
-                let frame = match frame {
-                    None | Some(Err(_)) => return, // the peer is gone (or broke the protocol)
-                    Some(Ok(frame)) => frame,
-                };
                 last_heard = Instant::now();
-                let size = match &frame {
-                    Message::Text(t) => t.len(),
-                    Message::Binary(b) => b.len(),
-                    Message::Close(_) => return,
-                    Message::Ping(_) | Message::Pong(_) => continue,
-                };
-                if size > state.max_frame_bytes {
-                    let reason = format!("frame of {size} bytes; the limit is {}", state.max_frame_bytes);
-                    return close_with(&mut sink, close::TOO_BIG, &reason).await;
-                }
-                match codec.decode(&frame) {
-                    Ok(event) => {
-                        if client_events.send(Box::new(event)).await.is_err() {
-                            return; // the session ended; its status arrives on `events`
-                        }
-                    }
-                    Err(DecodeError::Invalid(reason)) => return close_with(&mut sink, close::INVALID_PAYLOAD, &reason).await,
-                    Err(DecodeError::WrongFrameType) => {
-                        let reason = match codec {
-                            Codec::Proto => "daehwa.v1.proto carries binary frames",
-                            Codec::Json => "daehwa.v1.json carries text frames",
-                        };
-                        return close_with(&mut sink, close::UNSUPPORTED, reason).await;
-                    }
+                incoming(codec, frame, state.max_frame_bytes)
+            }
+            _ = ping.tick() => if last_heard.elapsed() >= state.idle_timeout {
+                Step::End(Some((close::POLICY, "no frames or pongs within the idle timeout".to_owned())))
+            } else {
+                Step::Ping
+            },
+        };
+        match step {
+            Step::Send(frame) => {
+                // A reader that stops reading stalls this send; the session's outbox then
+                // fills and the session ends as too slow (1013). A peer that never reads
+                // again is dropped after the idle timeout.
+                if !matches!(
+                    timeout(state.idle_timeout, sink.send(frame)).await,
+                    Ok(Ok(()))
+                ) {
+                    return None;
                 }
             }
-            _ = ping.tick() => {
-                if last_heard.elapsed() >= state.idle_timeout {
-                    return close_with(&mut sink, close::POLICY, "no frames or pongs within the idle timeout").await;
+            Step::Forward(event) => {
+                if client_events.send(event).await.is_err() {
+                    return None; // the session ended; its status arrives on `events`
                 }
+            }
+            Step::Ping => {
                 if sink.send(Message::Ping(Default::default())).await.is_err() {
-                    return;
+                    return None;
                 }
             }
+            Step::Nothing => {}
+            Step::End(closing) => return closing,
+        }
+    }
+}
+
+/// A server event (or the session's end) as the step that sends it.
+fn outgoing(codec: Codec, event: Option<Result<ServerEvent, Status>>) -> Step {
+    match event {
+        Some(Ok(event)) => Step::Send(codec.encode(&event)),
+        Some(Err(status)) => Step::End(Some((
+            close::code_for(&status),
+            status.message().to_owned(),
+        ))),
+        None => Step::End(Some((close::NORMAL, "session ended".to_owned()))),
+    }
+}
+
+/// A frame from the client as the step that handles it: decoded and checked, or the close
+/// it earns.
+fn incoming(
+    codec: Codec,
+    frame: Option<Result<Message, axum::Error>>,
+    max_frame_bytes: usize,
+) -> Step {
+    let frame = match frame {
+        None | Some(Err(_)) => return Step::End(None), // the peer is gone (or broke the protocol)
+        Some(Ok(frame)) => frame,
+    };
+    let size = match &frame {
+        Message::Text(t) => t.len(),
+        Message::Binary(b) => b.len(),
+        Message::Close(_) => return Step::End(None),
+        Message::Ping(_) | Message::Pong(_) => return Step::Nothing,
+    };
+    if size > max_frame_bytes {
+        let reason = format!("frame of {size} bytes; the limit is {max_frame_bytes}");
+        return Step::End(Some((close::TOO_BIG, reason)));
+    }
+    match codec.decode(&frame) {
+        Ok(event) => Step::Forward(Box::new(event)),
+        Err(DecodeError::Invalid(reason)) => Step::End(Some((close::INVALID_PAYLOAD, reason))),
+        Err(DecodeError::WrongFrameType) => {
+            let reason = match codec {
+                Codec::Proto => "daehwa.v1.proto carries binary frames",
+                Codec::Json => "daehwa.v1.json carries text frames",
+            };
+            Step::End(Some((close::UNSUPPORTED, reason.to_owned())))
         }
     }
 }

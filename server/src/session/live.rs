@@ -4,7 +4,7 @@
 //! together and committed together, in order; each `send` is persisted before its
 //! `send_result` is queued, so results arrive in the order the sends were made.
 
-use std::{pin::Pin, sync::Arc};
+use std::{ops::ControlFlow, pin::Pin, sync::Arc};
 
 use daehwa::v1::{
     ClientEvent, ErrorStatus, HeartbeatAck, SendResult, ServerEvent, SessionReady, client_event,
@@ -105,6 +105,10 @@ impl LiveSessions {
 }
 
 /// Reads client events until the client stops or the session closes.
+///
+/// An idle session is this task parked on its next event, so its state machine is memory per
+/// connection: the handling of what arrived (stores, fan-out, reads) runs in a boxed future
+/// that exists only while it runs.
 async fn serve_inbound<S>(
     me: AuthContext,
     session: Arc<Session>,
@@ -128,61 +132,78 @@ async fn serve_inbound<S>(
         {
             ready.push(next);
         }
-        let mut sends = Vec::new();
-        for next in ready {
-            let event = match next {
-                Some(Ok(ClientEvent { event: Some(event) })) => event,
-                Some(Ok(ClientEvent { event: None })) => continue,
-                None => {
-                    flush_sends(me, &session, &chat, &mut sends).await;
-                    return;
-                }
-                Some(Err(e)) => {
-                    flush_sends(me, &session, &chat, &mut sends).await;
-                    tracing::debug!(user_id = %me.user, error = %e, "client stream ended with an error");
-                    match e.code() {
-                        tonic::Code::Cancelled => {}
-                        tonic::Code::OutOfRange | tonic::Code::ResourceExhausted => {
-                            session.close(CloseReason::TooLarge)
-                        }
-                        _ => session.close(CloseReason::Invalid),
-                    }
-                    return;
-                }
-            };
-            presence.touch(me.user);
-            if let client_event::Event::Send(send) = event {
-                sends.push(SendRequest {
-                    client_msg_id: send.client_msg_id,
-                    conversation: send.conversation_id,
-                    content: send.content,
-                });
-                continue;
+        if Box::pin(handle_ready(me, &session, &chat, &presence, ready))
+            .await
+            .is_break()
+        {
+            return;
+        }
+    }
+}
+
+/// Handles client events in the order they were sent; breaks when the client's half ended.
+async fn handle_ready(
+    me: AuthContext,
+    session: &Session,
+    chat: &ChatService,
+    presence: &PresenceService,
+    ready: Vec<Option<std::result::Result<ClientEvent, Status>>>,
+) -> ControlFlow<()> {
+    let mut sends = Vec::new();
+    for next in ready {
+        let event = match next {
+            Some(Ok(ClientEvent { event: Some(event) })) => event,
+            Some(Ok(ClientEvent { event: None })) => continue,
+            None => {
+                flush_sends(me, session, chat, &mut sends).await;
+                return ControlFlow::Break(());
             }
-            // Anything else is handled after the sends before it, in the order sent.
-            flush_sends(me, &session, &chat, &mut sends).await;
-            match event {
-                // Queued above, never here.
-                client_event::Event::Send(_) => {}
-                client_event::Event::Read(read) => {
-                    if let Err(e) = chat.mark_read(me, &read.conversation_id, read.seq).await {
-                        tracing::debug!(user_id = %me.user, error = %e, "read event refused");
+            Some(Err(e)) => {
+                flush_sends(me, session, chat, &mut sends).await;
+                tracing::debug!(user_id = %me.user, error = %e, "client stream ended with an error");
+                match e.code() {
+                    tonic::Code::Cancelled => {}
+                    tonic::Code::OutOfRange | tonic::Code::ResourceExhausted => {
+                        session.close(CloseReason::TooLarge)
                     }
+                    _ => session.close(CloseReason::Invalid),
                 }
-                client_event::Event::Typing(typing) => {
-                    if let Err(e) = chat.typing(me, &typing.conversation_id).await {
-                        tracing::debug!(user_id = %me.user, error = %e, "typing event refused");
-                    }
+                return ControlFlow::Break(());
+            }
+        };
+        presence.touch(me.user);
+        if let client_event::Event::Send(send) = event {
+            sends.push(SendRequest {
+                client_msg_id: send.client_msg_id,
+                conversation: send.conversation_id,
+                content: send.content,
+            });
+            continue;
+        }
+        // Anything else is handled after the sends before it, in the order sent.
+        flush_sends(me, session, chat, &mut sends).await;
+        match event {
+            // Queued above, never here.
+            client_event::Event::Send(_) => {}
+            client_event::Event::Read(read) => {
+                if let Err(e) = chat.mark_read(me, &read.conversation_id, read.seq).await {
+                    tracing::debug!(user_id = %me.user, error = %e, "read event refused");
                 }
-                client_event::Event::Heartbeat(_) => {
-                    session.offer(Arc::new(ServerEvent {
-                        event: Some(Event::HeartbeatAck(HeartbeatAck {})),
-                    }));
+            }
+            client_event::Event::Typing(typing) => {
+                if let Err(e) = chat.typing(me, &typing.conversation_id).await {
+                    tracing::debug!(user_id = %me.user, error = %e, "typing event refused");
                 }
+            }
+            client_event::Event::Heartbeat(_) => {
+                session.offer(Arc::new(ServerEvent {
+                    event: Some(Event::HeartbeatAck(HeartbeatAck {})),
+                }));
             }
         }
-        flush_sends(me, &session, &chat, &mut sends).await;
     }
+    flush_sends(me, session, chat, &mut sends).await;
+    ControlFlow::Continue(())
 }
 
 /// Stores and delivers the queued sends (in order, committed together), then queues their
