@@ -105,8 +105,25 @@ pub async fn upgrade(
 type Sink = SplitSink<WebSocket, Message>;
 type Frames = SplitStream<WebSocket>;
 
-/// Why a session's socket is closed: the code and reason of its close frame.
-type Closing = (u16, String);
+/// The close frame a session's socket ends with.
+struct Closing {
+    code: u16,
+    reason: String,
+}
+
+impl Closing {
+    fn new(code: u16, reason: impl Into<String>) -> Self {
+        Self {
+            code,
+            reason: reason.into(),
+        }
+    }
+
+    /// The close frame for a session that ended with `status`.
+    fn for_status(status: &Status) -> Self {
+        Self::new(close::code_for(status), status.message())
+    }
+}
 
 /// Sends a close frame, waiting at most a second (the peer may not be reading).
 async fn close_with(sink: &mut Sink, code: u16, reason: &str) {
@@ -135,7 +152,7 @@ async fn run(
         Ok(session) => relay(&mut sink, &mut frames, codec, session, &state).await,
         Err(closing) => Some(closing),
     };
-    if let Some((code, reason)) = closing {
+    if let Some(Closing { code, reason }) = closing {
         Box::pin(close_with(&mut sink, code, &reason)).await;
     }
 }
@@ -157,7 +174,7 @@ async fn open_session(
                 .to_owned(),
             _ => {
                 let reason = "authenticate first: access_token query parameter, Authorization header, or the token as the first text frame";
-                return Err((close::POLICY, reason.to_owned()));
+                return Err(Closing::new(close::POLICY, reason));
             }
         },
     };
@@ -165,7 +182,7 @@ async fn open_session(
         .port
         .open(&token)
         .await
-        .map_err(|status| (close::code_for(&status), status.message().to_owned()))
+        .map_err(|status| Closing::for_status(&status))
 }
 
 /// What the relay does next. Each wake-up is turned into one of these synchronously, so
@@ -208,7 +225,7 @@ async fn relay(
                 incoming(codec, frame, state.max_frame_bytes)
             }
             _ = ping.tick() => if last_heard.elapsed() >= state.idle_timeout {
-                Step::End(Some((close::POLICY, "no frames or pongs within the idle timeout".to_owned())))
+                Step::End(Some(Closing::new(close::POLICY, "no frames or pongs within the idle timeout")))
             } else {
                 Step::Ping
             },
@@ -226,12 +243,14 @@ async fn relay(
                 }
             }
             Step::Forward(event) => {
-                if client_events.send(event).await.is_err() {
-                    return None; // the session ended; its status arrives on `events`
-                }
+                // Refused only once the session has ended: its close status is next on
+                // `events`, and the client gets it as the close frame.
+                let _ = client_events.send(event).await;
             }
             Step::Ping => {
-                if sink.send(Message::Ping(Default::default())).await.is_err() {
+                // Bounded like any send: a peer that stopped reading cannot hold the task.
+                let ping = sink.send(Message::Ping(Default::default()));
+                if !matches!(timeout(state.idle_timeout, ping).await, Ok(Ok(()))) {
                     return None;
                 }
             }
@@ -245,11 +264,8 @@ async fn relay(
 fn outgoing(codec: Codec, event: Option<Result<ServerEvent, Status>>) -> Step {
     match event {
         Some(Ok(event)) => Step::Send(codec.encode(&event)),
-        Some(Err(status)) => Step::End(Some((
-            close::code_for(&status),
-            status.message().to_owned(),
-        ))),
-        None => Step::End(Some((close::NORMAL, "session ended".to_owned()))),
+        Some(Err(status)) => Step::End(Some(Closing::for_status(&status))),
+        None => Step::End(Some(Closing::new(close::NORMAL, "session ended"))),
     }
 }
 
@@ -272,17 +288,19 @@ fn incoming(
     };
     if size > max_frame_bytes {
         let reason = format!("frame of {size} bytes; the limit is {max_frame_bytes}");
-        return Step::End(Some((close::TOO_BIG, reason)));
+        return Step::End(Some(Closing::new(close::TOO_BIG, reason)));
     }
     match codec.decode(&frame) {
         Ok(event) => Step::Forward(Box::new(event)),
-        Err(DecodeError::Invalid(reason)) => Step::End(Some((close::INVALID_PAYLOAD, reason))),
+        Err(DecodeError::Invalid(reason)) => {
+            Step::End(Some(Closing::new(close::INVALID_PAYLOAD, reason)))
+        }
         Err(DecodeError::WrongFrameType) => {
             let reason = match codec {
                 Codec::Proto => "daehwa.v1.proto carries binary frames",
                 Codec::Json => "daehwa.v1.json carries text frames",
             };
-            Step::End(Some((close::UNSUPPORTED, reason.to_owned())))
+            Step::End(Some(Closing::new(close::UNSUPPORTED, reason)))
         }
     }
 }

@@ -343,9 +343,13 @@ impl PresenceService {
     }
 
     fn queue(&self, change: Change) {
-        if let Err(e) = self.changes.try_send(change) {
-            let change = e.into_inner();
-            tracing::warn!(?change, "presence change queue full: change not recorded");
+        match self.changes.try_send(change) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(change)) => {
+                tracing::warn!(?change, "presence change queue full: change not recorded");
+            }
+            // The fan-out task has stopped: the server is shutting down.
+            Err(mpsc::error::TrySendError::Closed(_)) => {}
         }
     }
 
@@ -512,6 +516,7 @@ impl PresenceService {
         self.queue(Change::Refresh(renewal));
     }
 
+    /// Renews the shared entries in `renewal` and this server's own liveness.
     async fn refresh_shared(&self, renewal: &Renewal) -> Result<()> {
         self.delivery
             .store()
