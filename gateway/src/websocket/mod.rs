@@ -189,14 +189,12 @@ async fn open_session(
 /// no event (a `ServerEvent` is several hundred bytes) is held across an await: the parked
 /// state machine stays small.
 enum Step {
-    /// Send this frame to the client.
+    /// Send this frame to the client (an event, or our ping).
     Send(Message),
     /// Hand this event to the session.
     Forward(Box<ClientEvent>),
     /// Nothing to do (a ping or pong from the peer).
     Nothing,
-    /// Time to ping (the peer was heard from within the idle timeout).
-    Ping,
     /// Stop, with this close frame (none when the peer is gone).
     End(Option<Closing>),
 }
@@ -227,7 +225,7 @@ async fn relay(
             _ = ping.tick() => if last_heard.elapsed() >= state.idle_timeout {
                 Step::End(Some(Closing::new(close::POLICY, "no frames or pongs within the idle timeout")))
             } else {
-                Step::Ping
+                Step::Send(Message::Ping(Default::default()))
             },
         };
         match step {
@@ -246,13 +244,6 @@ async fn relay(
                 // Refused only once the session has ended: its close status is next on
                 // `events`, and the client gets it as the close frame.
                 let _ = client_events.send(event).await;
-            }
-            Step::Ping => {
-                // Bounded like any send: a peer that stopped reading cannot hold the task.
-                let ping = sink.send(Message::Ping(Default::default()));
-                if !matches!(timeout(state.idle_timeout, ping).await, Ok(Ok(()))) {
-                    return None;
-                }
             }
             Step::Nothing => {}
             Step::End(closing) => return closing,
