@@ -920,6 +920,76 @@ async fn remove_member_is_for_the_owner_or_oneself() {
     server.stop().await.unwrap();
 }
 
+/// The send path keeps recent member lists; a change made through this server applies to
+/// the very next message: a new member sends and receives at once, a removed one can neither.
+#[tokio::test]
+async fn membership_changes_apply_to_the_next_message() {
+    let server = TestServer::start().await;
+    let owner = server.user("owner").await;
+    let bob = server.user("bob").await;
+    let carol = server.user("carol").await;
+    befriend(&owner, &bob).await;
+    befriend(&owner, &carol).await;
+    let group = create_group_ok(&owner, "club", &[bob.user_id]).await;
+    let conversation = group.conversation_id.as_str();
+    // Sending reads (and keeps) the member list.
+    bob.send_text(conversation, "first").await;
+    let mut bobs_stream = bob.connect().await;
+    let mut carols_stream = carol.connect().await;
+    assert_code(
+        carol
+            .try_send_text(conversation, "c-early", "may I?")
+            .await
+            .map(Response::new),
+        Code::PermissionDenied,
+        "a non-member sends to a group whose member list is kept",
+    );
+
+    add_members(&owner, group.group_id, &[carol.user_id])
+        .await
+        .expect("add carol");
+    carol.send_text(conversation, "hello from carol").await;
+    assert_eq!(
+        common::text_of(&bobs_stream.next_message().await),
+        "hello from carol",
+        "a member added a moment ago sends to everyone"
+    );
+    owner.send_text(conversation, "welcome").await;
+    assert_eq!(
+        common::text_of(&carols_stream.next_message().await),
+        "welcome",
+        "a member added a moment ago receives live"
+    );
+    assert_eq!(common::text_of(&bobs_stream.next_message().await), "welcome");
+
+    remove_member(&owner, group.group_id, bob.user_id)
+        .await
+        .expect("remove bob");
+    assert_code(
+        bob.try_send_text(conversation, "b-removed", "still here?")
+            .await
+            .map(Response::new),
+        Code::PermissionDenied,
+        "a member removed a moment ago can no longer send",
+    );
+    owner.send_text(conversation, "bob has left").await;
+    assert_eq!(
+        common::text_of(&carols_stream.next_message().await),
+        "bob has left"
+    );
+    // Deliveries reach a stream in the order they were offered, and the group message was
+    // offered before the owner's send returned: bob's next message must be this one.
+    let direct = owner.dm_with(&bob);
+    owner.send_text(&direct, "just you now").await;
+    let next = bobs_stream.next_message().await;
+    assert_eq!(
+        (next.conversation_id.as_str(), common::text_of(&next)),
+        (direct.as_str(), "just you now"),
+        "a removed member no longer receives the group's messages"
+    );
+    server.stop().await.unwrap();
+}
+
 #[tokio::test]
 async fn owner_leaving_hands_the_group_to_the_longest_standing_member() {
     let server = TestServer::start().await;

@@ -44,8 +44,8 @@ use crate::{
     config::{Config, DirectoryBackend, StoreBackend},
     metrics::{self, Metrics},
     service::{
-        AccountService, ChatService, GroupService, PeopleService, PresenceService,
-        chat::ChatLimits, delivery::Delivery, friendship_cache::FriendshipCache,
+        AccountService, ChatService, DirectoryCaches, GroupService, PeopleService,
+        PresenceService, chat::ChatLimits, delivery::Delivery,
         presence::PresenceSettings, rate_limit::RateLimiter,
     },
     session::{CloseReason, Hub, live::LiveSessions},
@@ -280,13 +280,17 @@ async fn build_services(
         config.access_token_ttl,
         config.refresh_token_ttl,
     ));
-    let friendships = Arc::new(FriendshipCache::default());
+    let caches = DirectoryCaches::default();
     let people = Arc::new(PeopleService::new(
         directory.clone(),
         presence.clone(),
-        friendships.clone(),
+        caches.friendships.clone(),
     ));
-    let groups = Arc::new(GroupService::new(directory, config.max_group_members));
+    let groups = Arc::new(GroupService::new(
+        directory,
+        config.max_group_members,
+        caches.members.clone(),
+    ));
     let limits = ChatLimits {
         max_content_bytes: config.max_content_bytes,
         max_page_size: config.max_page_size,
@@ -300,7 +304,7 @@ async fn build_services(
         rate,
         limits,
         metrics.clone(),
-        friendships,
+        caches,
     ));
     let live = Arc::new(LiveSessions::new(
         chat.clone(),

@@ -28,7 +28,12 @@ use crate::{
     ids::{ConversationId, UserId},
     metrics::Metrics,
     service::{
-        delivery::Delivery, friendship_cache::FriendshipCache, rate_limit::RateLimiter, validate,
+        DirectoryCaches,
+        delivery::Delivery,
+        friendship_cache::FriendshipCache,
+        member_cache::{self, MemberCache, Members},
+        rate_limit::RateLimiter,
+        validate,
     },
     snowflake::Snowflake,
 };
@@ -74,6 +79,8 @@ pub struct ChatService {
     metrics: Arc<Metrics>,
     /// Recent friendship answers, shared with the people service (which forgets ended ones).
     friendships: Arc<FriendshipCache>,
+    /// Recent group member lists, shared with the group service (which forgets changed ones).
+    members: Arc<MemberCache>,
     typing_rate: RateLimiter,
     push_tasks: Arc<Semaphore>,
 }
@@ -93,11 +100,12 @@ impl ChatService {
         rate: RateLimiter,
         limits: ChatLimits,
         metrics: Arc<Metrics>,
-        friendships: Arc<FriendshipCache>,
+        caches: DirectoryCaches,
     ) -> Self {
         Self {
             backends,
-            friendships,
+            friendships: caches.friendships,
+            members: caches.members,
             delivery,
             ids,
             rate,
@@ -138,7 +146,7 @@ impl ChatService {
         sends: Vec<SendRequest>,
     ) -> Vec<Result<Message>> {
         let mut outcomes: Vec<Option<Result<Message>>> = sends.iter().map(|_| None).collect();
-        let mut members_of: HashMap<ConversationId, Result<Arc<Vec<UserId>>>> = HashMap::new();
+        let mut members_of: HashMap<ConversationId, Result<Members>> = HashMap::new();
         let mut accepted = Vec::with_capacity(sends.len());
         let mut news = Vec::with_capacity(sends.len());
         for (index, send) in sends.into_iter().enumerate() {
@@ -180,18 +188,15 @@ impl ChatService {
         &self,
         caller: AuthContext,
         send: SendRequest,
-        members_of: &mut HashMap<ConversationId, Result<Arc<Vec<UserId>>>>,
-    ) -> Result<(Arc<Vec<UserId>>, NewMessage)> {
+        members_of: &mut HashMap<ConversationId, Result<Members>>,
+    ) -> Result<(Members, NewMessage)> {
         let conversation: ConversationId = send.conversation.parse()?;
         validate::content(send.content.as_ref(), self.limits.max_content_bytes)?;
         let client_msg_id = validate::client_msg_id(&send.client_msg_id)?;
         let members = match members_of.get(&conversation) {
             Some(known) => known.clone()?,
             None => {
-                let found = self
-                    .members_for_send(caller.user, conversation)
-                    .await
-                    .map(Arc::new);
+                let found = self.members_for_send(caller.user, conversation).await;
                 members_of.insert(conversation, found.clone());
                 found?
             }
@@ -224,7 +229,7 @@ impl ChatService {
         &self,
         sender: UserId,
         conversation: ConversationId,
-    ) -> Result<Vec<UserId>> {
+    ) -> Result<Members> {
         match conversation {
             ConversationId::Direct { lo, hi } => {
                 let Some(peer) = conversation.peer_of(sender) else {
@@ -238,7 +243,7 @@ impl ChatService {
                     }
                     self.friendships.remember(sender, peer, epoch);
                 }
-                Ok(vec![lo, hi])
+                Ok(Arc::from([lo, hi]))
             }
             ConversationId::Group(_) => self.ensure_reader(sender, conversation).await,
         }
@@ -410,22 +415,36 @@ impl ChatService {
                 user_id: caller.user.0,
             })),
         });
-        let others: Vec<UserId> = members.into_iter().filter(|m| *m != caller.user).collect();
+        let others: Vec<UserId> = members
+            .iter()
+            .copied()
+            .filter(|m| *m != caller.user)
+            .collect();
         self.delivery.to_users(&others, None, &event).await;
         Ok(())
     }
 
     /// Checks `me` may read `conversation` and returns its members. Direct conversations stay
     /// readable to both users after a friendship ends; groups to current members only.
-    async fn ensure_reader(&self, me: UserId, conversation: ConversationId) -> Result<Vec<UserId>> {
+    ///
+    /// A group's list comes from the member cache when it is recent; a list without `me` is
+    /// read again from the directory (`me` may have joined through another server), so the
+    /// cache can delay a removal by its TTL but never refuses a member.
+    async fn ensure_reader(&self, me: UserId, conversation: ConversationId) -> Result<Members> {
         match conversation {
-            ConversationId::Direct { lo, hi } if lo == me || hi == me => Ok(vec![lo, hi]),
+            ConversationId::Direct { lo, hi } if lo == me || hi == me => Ok(Arc::from([lo, hi])),
             ConversationId::Direct { .. } => {
                 Err(Error::denied("you are not a member of this conversation"))
             }
             ConversationId::Group(group) => {
-                let members = self.backends.directory.member_ids(group).await?;
-                if members.contains(&me) {
+                let epoch = match self.members.get(group) {
+                    Ok(members) if member_cache::contains(&members, me) => return Ok(members),
+                    Ok(_) => self.members.epoch(),
+                    Err(epoch) => epoch,
+                };
+                let listed = self.backends.directory.member_ids(group).await?;
+                let members = self.members.remember(group, listed, epoch);
+                if member_cache::contains(&members, me) {
                     Ok(members)
                 } else if self.backends.directory.group(group).await?.is_none() {
                     Err(Error::not_found(format!("no group with id {group}")))

@@ -8,21 +8,29 @@ use crate::{
     backend::{Directory, directory::GroupRecord},
     error::{Error, Result},
     ids::{GroupId, UserId},
-    service::validate,
+    service::{member_cache::MemberCache, validate},
 };
 
 /// Group membership rules.
 pub struct GroupService {
     directory: Arc<dyn Directory>,
     max_members: usize,
+    /// The chat path's member lists: every change made here forgets the group's.
+    members: Arc<MemberCache>,
 }
 
 impl GroupService {
-    /// Group rules over `directory`, with groups of at most `max_members`.
-    pub fn new(directory: Arc<dyn Directory>, max_members: usize) -> Self {
+    /// Group rules over `directory`, with groups of at most `max_members`; membership
+    /// changes are forgotten in `members`.
+    pub fn new(
+        directory: Arc<dyn Directory>,
+        max_members: usize,
+        members: Arc<MemberCache>,
+    ) -> Self {
         Self {
             directory,
             max_members,
+            members,
         }
     }
 
@@ -82,9 +90,12 @@ impl GroupService {
         // The directory checks the limit again in the transaction that adds them.
         self.check_size(current.len() + new.len())?;
         self.ensure_addable(me, &new).await?;
-        self.directory
+        let changed = self
+            .directory
             .add_members(id, &new, self.max_members, now_ms())
-            .await
+            .await;
+        self.members.forget(id);
+        changed
     }
 
     /// Removes `user` (the owner removes anyone; others only themselves).
@@ -105,13 +116,17 @@ impl GroupService {
                 "user {user} is not a member of this group"
             )));
         }
-        self.directory.remove_member(id, user).await
+        let changed = self.directory.remove_member(id, user).await;
+        self.members.forget(id);
+        changed
     }
 
     /// `me` leaves the group (ownership passes on if `me` owned it).
     pub async fn leave(&self, me: UserId, id: GroupId) -> Result<()> {
         self.get(me, id).await?;
-        self.directory.remove_member(id, me).await.map(|_| ())
+        let changed = self.directory.remove_member(id, me).await;
+        self.members.forget(id);
+        changed.map(|_| ())
     }
 
     /// Refuses a group of `n` members early (before any friendship lookups).

@@ -6,6 +6,7 @@ pub mod chat;
 pub mod delivery;
 pub mod friendship_cache;
 pub mod groups;
+pub mod member_cache;
 pub mod people;
 pub mod presence;
 pub mod rate_limit;
@@ -16,3 +17,14 @@ pub use chat::ChatService;
 pub use groups::GroupService;
 pub use people::PeopleService;
 pub use presence::PresenceService;
+
+use std::sync::Arc;
+
+/// Recent directory answers the chat hot paths read, each shared with the service that
+/// changes what it caches (people forget ended friendships, groups forget changed member
+/// lists).
+#[derive(Clone, Default)]
+pub struct DirectoryCaches {
+    pub friendships: Arc<friendship_cache::FriendshipCache>,
+    pub members: Arc<member_cache::MemberCache>,
+}

@@ -1,0 +1,199 @@
+//! Recent member lists of groups for the send, read and sync paths. Every group message needs
+//! its member list (who may send, who receives), and reading it from the directory each time
+//! cost a query returning every member: for a 10,000-member group that query, not the
+//! delivery, was most of the sender's wait (BENCHMARKS.md, scenario d).
+//!
+//! A list is kept for [`TTL`]. A membership change made through this server (add, remove,
+//! leave) forgets the group's list at once, and a list read from the directory while that
+//! happens is not kept (the epoch check in [`MemberCache::remember`]), so in one process a
+//! change takes effect immediately. Made through another chat server of a cluster, it takes
+//! effect here within [`TTL`]: a removed member can still send or read here that long, and a
+//! new member's live deliveries from here start that late (its device sees the seq gap on
+//! the next message and catches up by sync). A member missing from a kept list is asked
+//! again (see `ChatService::ensure_reader`), so a new member is never refused for a stale
+//! list.
+
+use std::{
+    collections::HashMap,
+    sync::{
+        Arc, Mutex, PoisonError,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use crate::ids::{GroupId, UserId};
+
+/// How long a member list is trusted: the bound on how late a membership change made on
+/// another chat server takes effect here.
+pub const TTL: Duration = Duration::from_secs(2);
+/// The most member ids kept over all groups (8 bytes each); when a list would pass it,
+/// expired lists are dropped, and if that is not enough, all.
+const CAPACITY: usize = 1_000_000;
+
+/// A group's members, sorted by id (so membership is a binary search).
+pub type Members = Arc<[UserId]>;
+
+/// A reading of the cache's epoch, taken before asking the directory.
+#[derive(Debug, Clone, Copy)]
+pub struct Epoch(u64);
+
+struct Entry {
+    members: Members,
+    expires: Instant,
+}
+
+struct Lists {
+    groups: HashMap<GroupId, Entry>,
+    /// Member ids over all kept lists.
+    size: usize,
+}
+
+/// Member lists by group.
+pub struct MemberCache {
+    /// How long a list is kept ([`TTL`] but in tests).
+    ttl: Duration,
+    lists: Mutex<Lists>,
+    /// Bumped by every [`MemberCache::forget`].
+    epoch: AtomicU64,
+}
+
+impl Default for MemberCache {
+    fn default() -> Self {
+        Self::with_ttl(TTL)
+    }
+}
+
+impl MemberCache {
+    /// A cache keeping lists for `ttl`.
+    pub fn with_ttl(ttl: Duration) -> Self {
+        Self {
+            ttl,
+            lists: Mutex::new(Lists {
+                groups: HashMap::new(),
+                size: 0,
+            }),
+            epoch: AtomicU64::new(0),
+        }
+    }
+
+    /// The group's members if they were read less than [`TTL`] ago; `Err` carries the epoch
+    /// to pass to [`Self::remember`] after asking the directory.
+    pub fn get(&self, group: GroupId) -> Result<Members, Epoch> {
+        let epoch = Epoch(self.epoch.load(Ordering::SeqCst));
+        let lists = self.lists.lock().unwrap_or_else(PoisonError::into_inner);
+        match lists.groups.get(&group) {
+            Some(entry) if entry.expires > Instant::now() => Ok(entry.members.clone()),
+            _ => Err(epoch),
+        }
+    }
+
+    /// The epoch now, for a directory read that follows a kept list without the caller in it.
+    pub fn epoch(&self) -> Epoch {
+        Epoch(self.epoch.load(Ordering::SeqCst))
+    }
+
+    /// Sorts the directory's member list, keeps it unless a membership changed since `epoch`
+    /// was read (the list may predate the change), and returns it.
+    pub fn remember(&self, group: GroupId, mut members: Vec<UserId>, epoch: Epoch) -> Members {
+        members.sort_unstable();
+        members.dedup();
+        let members: Members = members.into();
+        let mut lists = self.lists.lock().unwrap_or_else(PoisonError::into_inner);
+        if self.epoch.load(Ordering::SeqCst) != epoch.0 || members.len() > CAPACITY {
+            return members;
+        }
+        let now = Instant::now();
+        if let Some(old) = lists.groups.remove(&group) {
+            lists.size -= old.members.len();
+        }
+        if lists.size + members.len() > CAPACITY {
+            lists.groups.retain(|_, entry| entry.expires > now);
+            lists.size = lists.groups.values().map(|e| e.members.len()).sum();
+            if lists.size + members.len() > CAPACITY {
+                lists.groups.clear();
+                lists.size = 0;
+            }
+        }
+        lists.size += members.len();
+        lists.groups.insert(
+            group,
+            Entry {
+                members: members.clone(),
+                expires: now + self.ttl,
+            },
+        );
+        members
+    }
+
+    /// Drops the group's list: called after the directory changed its membership.
+    pub fn forget(&self, group: GroupId) {
+        let mut lists = self.lists.lock().unwrap_or_else(PoisonError::into_inner);
+        self.epoch.fetch_add(1, Ordering::SeqCst);
+        if let Some(old) = lists.groups.remove(&group) {
+            lists.size -= old.members.len();
+        }
+    }
+}
+
+/// Whether sorted `members` holds `user`.
+pub fn contains(members: &[UserId], user: UserId) -> bool {
+    members.binary_search(&user).is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ids(raw: &[u64]) -> Vec<UserId> {
+        raw.iter().map(|&id| UserId(id)).collect()
+    }
+
+    #[test]
+    fn a_remembered_list_is_sorted_and_kept_until_forgotten() {
+        let cache = MemberCache::default();
+        let epoch = cache.get(GroupId(7)).expect_err("unknown group");
+        let members = cache.remember(GroupId(7), ids(&[30, 10, 20, 10]), epoch);
+        assert_eq!(&*members, ids(&[10, 20, 30]).as_slice());
+        assert!(contains(&members, UserId(20)));
+        assert!(!contains(&members, UserId(25)));
+        assert_eq!(&*cache.get(GroupId(7)).expect("kept"), &*members);
+        assert!(cache.get(GroupId(8)).is_err());
+        cache.forget(GroupId(7));
+        assert!(cache.get(GroupId(7)).is_err());
+    }
+
+    #[test]
+    fn lists_expire() {
+        let cache = MemberCache::with_ttl(Duration::ZERO);
+        let epoch = cache.get(GroupId(1)).expect_err("unknown group");
+        cache.remember(GroupId(1), ids(&[1, 2]), epoch);
+        assert!(cache.get(GroupId(1)).is_err());
+    }
+
+    #[test]
+    fn a_list_read_before_a_change_is_not_kept() {
+        let cache = MemberCache::default();
+        let epoch = cache.get(GroupId(1)).expect_err("unknown group");
+        // A member is removed while the directory answered with the old list.
+        cache.forget(GroupId(1));
+        let members = cache.remember(GroupId(1), ids(&[1, 2]), epoch);
+        assert_eq!(members.len(), 2, "the caller still gets the list it read");
+        assert!(cache.get(GroupId(1)).is_err());
+    }
+
+    #[test]
+    fn the_cache_stays_within_its_capacity() {
+        let cache = MemberCache::default();
+        let half = CAPACITY / 2 + 1;
+        let big = |offset: u64| (0..half as u64).map(|i| UserId(offset + i)).collect();
+        let epoch = cache.get(GroupId(1)).expect_err("unknown group");
+        cache.remember(GroupId(1), big(0), epoch);
+        let epoch = cache.get(GroupId(2)).expect_err("unknown group");
+        cache.remember(GroupId(2), big(1 << 32), epoch);
+        let size = cache.lists.lock().unwrap().size;
+        assert!(size <= CAPACITY, "{size} member ids kept");
+        assert!(cache.get(GroupId(2)).is_ok(), "the newest list is kept");
+        assert!(cache.get(GroupId(1)).is_err(), "the older one made room");
+    }
+}
