@@ -960,7 +960,10 @@ async fn membership_changes_apply_to_the_next_message() {
         "welcome",
         "a member added a moment ago receives live"
     );
-    assert_eq!(common::text_of(&bobs_stream.next_message().await), "welcome");
+    assert_eq!(
+        common::text_of(&bobs_stream.next_message().await),
+        "welcome"
+    );
 
     remove_member(&owner, group.group_id, bob.user_id)
         .await

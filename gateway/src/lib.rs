@@ -29,7 +29,7 @@ pub mod websocket;
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
-pub use port::{LiveSession, SessionPort};
+pub use port::{LiveSession, SessionPort, SharedEvent};
 use tokio::net::TcpListener;
 
 /// Gateway settings.

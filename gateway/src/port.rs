@@ -1,15 +1,64 @@
 //! How the gateway opens live sessions, whatever runs them: the embedded chat session layer
 //! in `chatd`, or (standalone) a gRPC `Connect` stream to a chat server.
 
-use std::pin::Pin;
+use std::{
+    ops::Deref,
+    pin::Pin,
+    sync::{Arc, OnceLock},
+};
 
+use axum::body::Bytes;
 use daehwa::v1::{ClientEvent, ServerEvent, SyncMessagesRequest, SyncMessagesResponse};
 use futures::Stream;
+use prost::Message as _;
 use tokio::sync::mpsc;
 use tonic::Status;
 
 /// Events from the server, ending with an error status when the server closes the session.
-pub type ServerEvents = Pin<Box<dyn Stream<Item = Result<ServerEvent, Status>> + Send>>;
+pub type ServerEvents = Pin<Box<dyn Stream<Item = Result<Arc<SharedEvent>, Status>> + Send>>;
+
+/// A server event as every session it goes to shares it: one allocation for all its
+/// recipients, and its protobuf encoding made once, by the first WebSocket that sends it,
+/// then reused by the others (a message to a 10,000-member group is encoded once, not
+/// 10,000 times). Reads as the [`ServerEvent`] it holds.
+#[derive(Debug)]
+pub struct SharedEvent {
+    event: ServerEvent,
+    proto: OnceLock<Bytes>,
+}
+
+impl SharedEvent {
+    /// Wraps `event` for sharing.
+    pub fn new(event: ServerEvent) -> Arc<Self> {
+        Arc::new(Self {
+            event,
+            proto: OnceLock::new(),
+        })
+    }
+
+    /// The protobuf encoding, made on first use.
+    pub fn proto(&self) -> Bytes {
+        self.proto
+            .get_or_init(|| Bytes::from(self.event.encode_to_vec()))
+            .clone()
+    }
+
+    /// The event itself: moved out when this is its last holder, cloned otherwise.
+    pub fn into_event(self: Arc<Self>) -> ServerEvent {
+        match Arc::try_unwrap(self) {
+            Ok(shared) => shared.event,
+            Err(shared) => shared.event.clone(),
+        }
+    }
+}
+
+impl Deref for SharedEvent {
+    type Target = ServerEvent;
+
+    fn deref(&self) -> &ServerEvent {
+        &self.event
+    }
+}
 
 /// One live session: events out, client events in.
 pub struct LiveSession {

@@ -30,7 +30,7 @@ use tonic::{
 };
 use tower::{Service, ServiceExt};
 
-use crate::{LiveSession, SessionPort};
+use crate::{LiveSession, SessionPort, SharedEvent};
 
 /// Client events buffered per session before the socket reader waits.
 const CLIENT_EVENT_QUEUE: usize = 64;
@@ -186,7 +186,9 @@ impl SessionPort for RemotePort {
             .await?
             .into_inner();
         Ok(LiveSession {
-            events: Box::pin(events),
+            events: Box::pin(futures::StreamExt::map(events, |event| {
+                event.map(SharedEvent::new)
+            })),
             client_events,
         })
     }

@@ -44,9 +44,8 @@ use crate::{
     config::{Config, DirectoryBackend, StoreBackend},
     metrics::{self, Metrics},
     service::{
-        AccountService, ChatService, DirectoryCaches, GroupService, PeopleService,
-        PresenceService, chat::ChatLimits, delivery::Delivery,
-        presence::PresenceSettings, rate_limit::RateLimiter,
+        AccountService, ChatService, DirectoryCaches, GroupService, PeopleService, PresenceService,
+        chat::ChatLimits, delivery::Delivery, presence::PresenceSettings, rate_limit::RateLimiter,
     },
     session::{CloseReason, Hub, live::LiveSessions},
     snowflake::{self, Snowflake},

@@ -5,10 +5,10 @@
 //!   lowerCamelCase on output; either spelling accepted on input; 64-bit ids as strings).
 
 use axum::extract::ws::Message;
-use daehwa::v1::{ClientEvent, ServerEvent};
+use daehwa::v1::ClientEvent;
 use prost::Message as _;
 
-use crate::json;
+use crate::{json, port::SharedEvent};
 
 /// Subprotocol for protobuf binary frames.
 pub const PROTO_SUBPROTOCOL: &str = "daehwa.v1.proto";
@@ -52,11 +52,12 @@ impl Codec {
         }
     }
 
-    /// Encodes a server event as a frame.
-    pub fn encode(self, event: &ServerEvent) -> Message {
+    /// Encodes a server event as a frame (a protobuf encoding is shared with every other
+    /// session the event goes to).
+    pub fn encode(self, event: &SharedEvent) -> Message {
         match self {
-            Self::Proto => Message::Binary(event.encode_to_vec().into()),
-            Self::Json => Message::Text(json::to_json("chat.v1.ServerEvent", event).into()),
+            Self::Proto => Message::Binary(event.proto()),
+            Self::Json => Message::Text(json::to_json("chat.v1.ServerEvent", &**event).into()),
         }
     }
 }
@@ -64,7 +65,7 @@ impl Codec {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use daehwa::v1::{HeartbeatAck, client_event, server_event};
+    use daehwa::v1::{HeartbeatAck, ServerEvent, client_event, server_event};
 
     #[test]
     fn json_round_trip() {
@@ -80,10 +81,25 @@ mod tests {
             (send.client_msg_id.as_str(), send.conversation_id.as_str()),
             ("c1", "dm:1:2")
         );
-        let frame = Codec::Json.encode(&ServerEvent {
+        let frame = Codec::Json.encode(&SharedEvent::new(ServerEvent {
             event: Some(server_event::Event::HeartbeatAck(HeartbeatAck {})),
-        });
+        }));
         assert_eq!(frame, Message::Text(r#"{"heartbeatAck":{}}"#.into()));
+    }
+
+    #[test]
+    fn a_shared_event_is_encoded_once_for_every_session() {
+        let event = ServerEvent {
+            event: Some(server_event::Event::HeartbeatAck(HeartbeatAck {})),
+        };
+        let shared = SharedEvent::new(event.clone());
+        let (Message::Binary(first), Message::Binary(second)) =
+            (Codec::Proto.encode(&shared), Codec::Proto.encode(&shared))
+        else {
+            panic!("binary frames expected");
+        };
+        assert_eq!(first.as_ptr(), second.as_ptr(), "one encoding, shared");
+        assert_eq!(ServerEvent::decode(first.as_ref()).unwrap(), event);
     }
 
     #[test]

@@ -24,7 +24,7 @@ use axum::{
     },
     response::Response,
 };
-use daehwa::v1::{ClientEvent, ServerEvent};
+use daehwa::v1::ClientEvent;
 use futures::{
     SinkExt, StreamExt,
     stream::{SplitSink, SplitStream},
@@ -32,7 +32,7 @@ use futures::{
 use tokio::time::{Instant, timeout};
 use tonic::Status;
 
-use crate::{GatewayConfig, LiveSession, SessionPort};
+use crate::{GatewayConfig, LiveSession, SessionPort, SharedEvent};
 use codec::{Codec, DecodeError, JSON_SUBPROTOCOL, PROTO_SUBPROTOCOL};
 
 /// What the WebSocket handler needs.
@@ -252,7 +252,7 @@ async fn relay(
 }
 
 /// A server event (or the session's end) as the step that sends it.
-fn outgoing(codec: Codec, event: Option<Result<ServerEvent, Status>>) -> Step {
+fn outgoing(codec: Codec, event: Option<Result<Arc<SharedEvent>, Status>>) -> Step {
     match event {
         Some(Ok(event)) => Step::Send(codec.encode(&event)),
         Some(Err(status)) => Step::End(Some(Closing::for_status(&status))),

@@ -1,9 +1,10 @@
 //! `chat.v1.ChatService`: the live streams (Connect, Subscribe, run by
 //! [`LiveSessions`]) and the unary calls.
 
-use std::sync::Arc;
+use std::{pin::Pin, sync::Arc};
 
-use daehwa::v1::{self, ClientEvent, chat_service_server::ChatService as ChatRpc};
+use daehwa::v1::{self, ClientEvent, ServerEvent, chat_service_server::ChatService as ChatRpc};
+use futures::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
 use super::{ApiContext, reply, status};
@@ -11,8 +12,20 @@ use crate::{
     auth::layer::caller,
     error::Error,
     service::{ChatService, PresenceService},
-    session::live::{EventStream, LiveSessions},
+    session::{
+        SharedEvent,
+        live::{LiveSessions, SharedEventStream},
+    },
 };
+
+/// A live session's events as a gRPC response stream.
+pub type EventStream = Pin<Box<dyn Stream<Item = Result<ServerEvent, Status>> + Send>>;
+
+/// Takes each event out of its share (moved when this session was its only recipient);
+/// tonic encodes it.
+fn grpc_events(events: SharedEventStream) -> EventStream {
+    Box::pin(events.map(|event| event.map(SharedEvent::into_event)))
+}
 
 /// Adapter for [`ChatService`] and the live sessions.
 pub struct ChatApi {
@@ -37,7 +50,7 @@ impl ChatRpc for ChatApi {
             .connect(me, request.into_inner())
             .await
             .map_err(|e| status(&self.ctx.metrics, e))?;
-        Ok(Response::new(stream))
+        Ok(Response::new(grpc_events(stream)))
     }
 
     async fn subscribe(
@@ -50,7 +63,7 @@ impl ChatRpc for ChatApi {
             .subscribe(me)
             .await
             .map_err(|e| status(&self.ctx.metrics, e))?;
-        Ok(Response::new(stream))
+        Ok(Response::new(grpc_events(stream)))
     }
 
     async fn send_message(

@@ -35,6 +35,7 @@ use crate::{
         rate_limit::RateLimiter,
         validate,
     },
+    session::SharedEvent,
     snowflake::Snowflake,
 };
 
@@ -253,7 +254,7 @@ impl ChatService {
     /// device), then hands members with no live session anywhere to push, off the sender's
     /// path.
     async fn fan_out(&self, caller: AuthContext, members: &[UserId], message: &Message) {
-        let event = Arc::new(ServerEvent {
+        let event = SharedEvent::new(ServerEvent {
             event: Some(Event::Message(message.clone())),
         });
         let mut offline = self
@@ -386,7 +387,7 @@ impl ChatService {
         if read == 0 {
             return Ok(read); // nothing to read: nobody to tell
         }
-        let event = Arc::new(ServerEvent {
+        let event = SharedEvent::new(ServerEvent {
             event: Some(Event::ReadReceipt(ReadReceipt {
                 conversation_id: conversation.to_string(),
                 user_id: caller.user.0,
@@ -409,7 +410,7 @@ impl ChatService {
         if !self.typing_rate.try_acquire(caller.user) {
             return Ok(());
         }
-        let event = Arc::new(ServerEvent {
+        let event = SharedEvent::new(ServerEvent {
             event: Some(Event::Typing(TypingNotice {
                 conversation_id: conversation.to_string(),
                 user_id: caller.user.0,

@@ -30,7 +30,7 @@ use crate::{
     },
     ids::{DeviceId, UserId},
     metrics::Metrics,
-    session::{CloseReason, Hub},
+    session::{CloseReason, Hub, SharedEvent},
 };
 
 /// Route writes of one user are serialised on one of this many locks.
@@ -175,7 +175,7 @@ impl Delivery {
         &self,
         users: &[UserId],
         skip_device: Option<DeviceId>,
-        event: &Arc<ServerEvent>,
+        event: &Arc<SharedEvent>,
     ) -> Vec<UserId> {
         // Users no session here took the event: offline here unless their only session is
         // the skipped device (the hub is asked again only for them, not for every member).
@@ -225,7 +225,7 @@ impl Delivery {
         event: PresenceEvent,
         local: &dyn PresenceListener,
     ) {
-        let server_event = Arc::new(ServerEvent {
+        let server_event = SharedEvent::new(ServerEvent {
             event: Some(Event::Presence(event)),
         });
         for &friend in friends {
@@ -335,7 +335,7 @@ impl Delivery {
         {
             presence.presence_arrived(&users, p);
         }
-        let event = Arc::new(event);
+        let event = SharedEvent::new(event);
         for user in users {
             self.hub.deliver(user, skip, &event);
         }

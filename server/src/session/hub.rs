@@ -14,11 +14,11 @@ use std::{
     },
 };
 
-use daehwa::v1::ServerEvent;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tonic::Status;
 
+use super::SharedEvent;
 use crate::{
     error::{Error, Result},
     ids::{DeviceId, UserId},
@@ -68,7 +68,7 @@ pub struct Session {
     id: u64,
     user: UserId,
     device: DeviceId,
-    outbox: mpsc::Sender<Arc<ServerEvent>>,
+    outbox: mpsc::Sender<Arc<SharedEvent>>,
     closed: CancellationToken,
     reason: OnceLock<CloseReason>,
 }
@@ -92,7 +92,7 @@ impl Session {
 
     /// Queues an event without waiting; a full outbox closes the session as too slow.
     /// Returns whether the event was queued.
-    pub fn offer(&self, event: Arc<ServerEvent>) -> bool {
+    pub fn offer(&self, event: Arc<SharedEvent>) -> bool {
         match self.outbox.try_send(event) {
             Ok(()) => true,
             Err(mpsc::error::TrySendError::Full(_)) => {
@@ -183,8 +183,8 @@ impl Hub {
         self: &Arc<Self>,
         user: UserId,
         device: DeviceId,
-        first: Arc<ServerEvent>,
-    ) -> Result<(SessionHandle, mpsc::Receiver<Arc<ServerEvent>>)> {
+        first: Arc<SharedEvent>,
+    ) -> Result<(SessionHandle, mpsc::Receiver<Arc<SharedEvent>>)> {
         let (tx, rx) = mpsc::channel(self.outbox_capacity);
         // A fresh channel with room for at least 16 events: this cannot fail.
         let _ = tx.try_send(first);
@@ -258,7 +258,7 @@ impl Hub {
         &self,
         user: UserId,
         skip_device: Option<DeviceId>,
-        event: &Arc<ServerEvent>,
+        event: &Arc<SharedEvent>,
     ) -> usize {
         let targets: Vec<Arc<Session>> = match self.lock().get(&user) {
             Some(list) => list

@@ -4,7 +4,7 @@
 //! together and committed together, in order; each `send` is persisted before its
 //! `send_result` is queued, so results arrive in the order the sends were made.
 
-use std::{ops::ControlFlow, pin::Pin, sync::Arc};
+use std::{ops::ControlFlow, sync::Arc};
 
 use daehwa::v1::{
     ClientEvent, ErrorStatus, HeartbeatAck, SendResult, ServerEvent, SessionReady, client_event,
@@ -18,14 +18,15 @@ use crate::{
     error::Result,
     metrics::Metrics,
     service::{ChatService, PresenceService, chat::SendRequest, delivery::Delivery},
-    session::{CloseReason, Hub, hub::Session, outbound::response_stream},
+    session::{CloseReason, Hub, SharedEvent, hub::Session, outbound::response_stream},
 };
 
 /// Client events a stream hands over at once (its sends committed together).
 const MAX_PIPELINE: usize = 64;
 
-/// The server-to-client half of a live session.
-pub type EventStream = Pin<Box<dyn Stream<Item = std::result::Result<ServerEvent, Status>> + Send>>;
+/// The server-to-client half of a live session (the gateway's WebSockets send it as it is;
+/// gRPC streams take each event out, see `api::chat`).
+pub type SharedEventStream = daehwa_gateway::port::ServerEvents;
 
 /// Opens live sessions on this server.
 pub struct LiveSessions {
@@ -57,13 +58,13 @@ impl LiveSessions {
     }
 
     /// A receive-only session (Subscribe).
-    pub async fn subscribe(&self, me: AuthContext) -> Result<EventStream> {
+    pub async fn subscribe(&self, me: AuthContext) -> Result<SharedEventStream> {
         self.open(me).await.map(|(_, stream)| stream)
     }
 
     /// A two-way session: `inbound` client events are handled in order by a task that ends
     /// when the client stops sending or the session closes.
-    pub async fn connect<S>(&self, me: AuthContext, inbound: S) -> Result<EventStream>
+    pub async fn connect<S>(&self, me: AuthContext, inbound: S) -> Result<SharedEventStream>
     where
         S: Stream<Item = std::result::Result<ClientEvent, Status>> + Send + Unpin + 'static,
     {
@@ -82,8 +83,8 @@ impl LiveSessions {
     /// response stream, with `ready` queued first. A route that cannot be written (Redis
     /// down) is logged: the session works, and the refresh writes the route when Redis is
     /// back.
-    async fn open(&self, me: AuthContext) -> Result<(Arc<Session>, EventStream)> {
-        let ready = Arc::new(ServerEvent {
+    async fn open(&self, me: AuthContext) -> Result<(Arc<Session>, SharedEventStream)> {
+        let ready = SharedEvent::new(ServerEvent {
             event: Some(Event::Ready(SessionReady {
                 user_id: me.user.0,
                 device_id: me.device.0,
@@ -196,7 +197,7 @@ async fn handle_ready(
                 }
             }
             client_event::Event::Heartbeat(_) => {
-                session.offer(Arc::new(ServerEvent {
+                session.offer(SharedEvent::new(ServerEvent {
                     event: Some(Event::HeartbeatAck(HeartbeatAck {})),
                 }));
             }
@@ -228,7 +229,7 @@ async fn flush_sends(
                 message: e.public_message(),
             }),
         };
-        session.offer(Arc::new(ServerEvent {
+        session.offer(SharedEvent::new(ServerEvent {
             event: Some(Event::SendResult(SendResult {
                 client_msg_id,
                 outcome: Some(outcome),

@@ -1,29 +1,30 @@
 //! The response half of a live stream: events from the outbox, then a final status when the
-//! server closes the session. Dropping the stream (the client left) drops the
+//! server closes the session. gRPC streams take each event out of its [`SharedEvent`]
+//! (`api::chat`); the gateway's WebSockets send its shared encoding. Dropping the stream (the client left) drops the
 //! [`SessionHandle`], which unregisters the session.
 
 use std::{sync::Arc, time::SystemTime};
 
-use daehwa::v1::{ServerEvent, server_event::Event};
+use daehwa::v1::server_event::Event;
 use futures::{Stream, stream};
 use tokio::sync::mpsc;
 use tonic::Status;
 
-use super::{CloseReason, SessionHandle};
+use super::{CloseReason, SessionHandle, SharedEvent};
 use crate::metrics::Metrics;
 
 struct State {
     handle: SessionHandle,
-    outbox: mpsc::Receiver<Arc<ServerEvent>>,
+    outbox: mpsc::Receiver<Arc<SharedEvent>>,
     metrics: Arc<Metrics>,
 }
 
-/// The gRPC response stream of a session: queued events in order, then the close status.
+/// The event stream of a session: queued events in order, then the close status.
 pub fn response_stream(
     handle: SessionHandle,
-    outbox: mpsc::Receiver<Arc<ServerEvent>>,
+    outbox: mpsc::Receiver<Arc<SharedEvent>>,
     metrics: Arc<Metrics>,
-) -> impl Stream<Item = Result<ServerEvent, Status>> + Send + 'static {
+) -> impl Stream<Item = Result<Arc<SharedEvent>, Status>> + Send + 'static {
     stream::unfold(
         Some(State {
             handle,
@@ -44,7 +45,7 @@ pub fn response_stream(
                     if let Some(Event::Message(m)) = &event.event {
                         observe_delivery(&state.metrics, m.created_at.as_ref());
                     }
-                    Some((Ok(Arc::unwrap_or_clone(event)), Some(state)))
+                    Some((Ok(event), Some(state)))
                 }
             }
         },

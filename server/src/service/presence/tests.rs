@@ -21,7 +21,7 @@ use crate::{
     ids::{DeviceId, GroupId, UserId},
     metrics::Metrics,
     service::delivery::Delivery,
-    session::Hub,
+    session::{Hub, SharedEvent},
 };
 
 /// Two users who are friends, in memory: presence reads only friendships and settings.
@@ -123,8 +123,8 @@ impl Directory for TwoFriends {
 }
 
 /// A placeholder first event for sessions registered directly in the hub.
-fn ready() -> Arc<daehwa::v1::ServerEvent> {
-    Arc::new(daehwa::v1::ServerEvent { event: None })
+fn ready() -> Arc<SharedEvent> {
+    SharedEvent::new(daehwa::v1::ServerEvent { event: None })
 }
 
 const OFFLINE_AFTER: Duration = Duration::from_secs(30);
