@@ -1,6 +1,6 @@
 //! Checkpoints: a frozen [`Recent`] table is written into redb in ONE durable transaction,
 //! then the log segments that held it are deleted. Copy-on-write B-trees copy every page a
-//! transaction touches, so one transaction a second over all busy conversations costs a
+//! transaction touches, so one transaction every 100 ms over all busy conversations costs a
 //! fraction of one per batch (BENCHMARKS.md has the measurements that led here).
 
 use std::{

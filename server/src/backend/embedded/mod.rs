@@ -23,13 +23,14 @@
 //! one sync, and none is acknowledged before it is durable. A single writer makes seq
 //! allocation gapless without locks.
 //!
-//! Once a second (or sooner when it grows large) the writer freezes the recent table and
-//! starts a new log segment; the checkpoint thread (`checkpoint`) writes the frozen table
-//! into redb in one durable transaction and deletes the old segments. A copy-on-write B-tree
-//! copies every page a transaction touches, so a transaction per batch cost ~200 page copies
-//! whatever the batch held and bounded throughput and latency; a transaction per second
-//! pays that once (BENCHMARKS.md). On open, leftover segments (a crash) are replayed into
-//! redb before anything else; closing checkpoints what is left.
+//! Every 100 ms under load (or sooner when it grows large) the writer freezes the recent
+//! table and starts a new log segment; the checkpoint thread (`checkpoint`) writes the frozen
+//! table into redb in one durable transaction and deletes the old segments. A copy-on-write
+//! B-tree copies every page a transaction touches, so a transaction per batch cost ~200 page
+//! copies whatever the batch held and bounded throughput and latency; ten transactions a
+//! second pay that rarely, and each is short enough not to hold sends back for long
+//! (BENCHMARKS.md). On open, leftover segments (a crash) are replayed into redb before
+//! anything else; closing checkpoints what is left.
 //!
 //! Reads look at the recent tier first (active, then frozen) and then at redb, in a read
 //! transaction opened after the tier was looked at, so an entry moving from the tier into
@@ -57,7 +58,7 @@
 //!
 //! fjall writes about 2x faster; redb scans about 3x faster. redb is chosen because:
 //! - writes are made cheap by design, not by the engine: group commit and the write-ahead
-//!   log turn load into one sequential append per batch and one redb transaction per
+//!   log turn load into one sequential append per batch and ten redb transactions a
 //!   second (with a transaction per batch the writer bounded throughput and latency: with
 //!   100 busy conversations each copied ~200 B-tree pages), while history paging
 //!   and conversation lists, which run on every open of a chat, are range scans and point
@@ -67,7 +68,7 @@
 //!   batch; message, idempotency key, head and read position commit together); fjall's plain batches
 //!   cannot read inside the batch (its transactional keyspace can; not measured here);
 //! - it is one file with no compaction threads competing for the two cores (the one
-//!   checkpoint thread writes once a second), and is already a dependency of the server
+//!   checkpoint thread), and is already a dependency of the server
 //!   (fjall is not added).
 
 mod checkpoint;

@@ -7,9 +7,9 @@
 //! it sees and finds a duplicate `client_msg_id` even when its first use is earlier in the
 //! same batch. The batch's changes are appended to the write-ahead log and synced; then they
 //! are merged into the active table, where readers see them. redb is written only by
-//! checkpoints: after each batch, if a second has passed (or the active table is large) and
-//! no checkpoint is running, the writer starts a new log segment and hands the active table
-//! to the checkpoint thread as frozen.
+//! checkpoints: after each batch, if [`Tuning::freeze_after`] has passed (or the active table
+//! is large) and no checkpoint is running, the writer starts a new log segment and hands the
+//! active table to the checkpoint thread as frozen.
 //!
 //! Error rule inside a batch: a redb read error aborts the whole batch and every job in it
 //! gets `Unavailable`; a bad record (undecodable, dangling index) fails only its own job,
@@ -119,10 +119,17 @@ pub(super) struct Tuning {
 }
 
 impl Default for Tuning {
-    /// One checkpoint a second under load; ~40 MB of recent entries at most.
+    /// Ten checkpoints a second under load; ~40 MB of recent entries at most.
+    ///
+    /// Why 100 ms and not a second: a checkpoint slows the hot path while it runs (the log's
+    /// syncs took 1–3 ms instead of ~0.25 ms during one, with the checkpoint thread at
+    /// `SCHED_IDLE` too), so its length sets how far sends fall behind. At 20k msg/s a
+    /// second's table took 120–190 ms to write; a tenth of it, side by side on one build:
+    /// p99 11.2 / 9.9 ms against 16.0 / 14.4, and scenario (a) 87.6k / 96.9k msg/s against
+    /// 83.3k / 88.0k (BENCHMARKS.md). A transaction per batch (~2,000 a second) stays far off.
     fn default() -> Self {
         Self {
-            freeze_after: Duration::from_secs(1),
+            freeze_after: Duration::from_millis(100),
             freeze_at_entries: 131_072,
             max_active_entries: 262_144,
             checkpoint_wait: Duration::from_secs(5),
