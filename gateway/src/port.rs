@@ -23,7 +23,7 @@ pub type ServerEvents = Pin<Box<dyn Stream<Item = Result<Arc<SharedEvent>, Statu
 /// 10,000 times). Reads as the [`ServerEvent`] it holds.
 #[derive(Debug)]
 pub struct SharedEvent {
-    event: ServerEvent,
+    inner: ServerEvent,
     proto: OnceLock<Bytes>,
 }
 
@@ -31,7 +31,7 @@ impl SharedEvent {
     /// Wraps `event` for sharing.
     pub fn new(event: ServerEvent) -> Arc<Self> {
         Arc::new(Self {
-            event,
+            inner: event,
             proto: OnceLock::new(),
         })
     }
@@ -39,15 +39,15 @@ impl SharedEvent {
     /// The protobuf encoding, made on first use.
     pub fn proto(&self) -> Bytes {
         self.proto
-            .get_or_init(|| Bytes::from(self.event.encode_to_vec()))
+            .get_or_init(|| Bytes::from(self.inner.encode_to_vec()))
             .clone()
     }
 
     /// The event itself: moved out when this is its last holder, cloned otherwise.
     pub fn into_event(self: Arc<Self>) -> ServerEvent {
         match Arc::try_unwrap(self) {
-            Ok(shared) => shared.event,
-            Err(shared) => shared.event.clone(),
+            Ok(shared) => shared.inner,
+            Err(shared) => shared.inner.clone(),
         }
     }
 }
@@ -56,7 +56,7 @@ impl Deref for SharedEvent {
     type Target = ServerEvent;
 
     fn deref(&self) -> &ServerEvent {
-        &self.event
+        &self.inner
     }
 }
 

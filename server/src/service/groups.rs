@@ -90,12 +90,10 @@ impl GroupService {
         // The directory checks the limit again in the transaction that adds them.
         self.check_size(current.len() + new.len())?;
         self.ensure_addable(me, &new).await?;
-        let changed = self
-            .directory
+        let _forget = self.members.forget_after(id);
+        self.directory
             .add_members(id, &new, self.max_members, now_ms())
-            .await;
-        self.members.forget(id);
-        changed
+            .await
     }
 
     /// Removes `user` (the owner removes anyone; others only themselves).
@@ -116,17 +114,15 @@ impl GroupService {
                 "user {user} is not a member of this group"
             )));
         }
-        let changed = self.directory.remove_member(id, user).await;
-        self.members.forget(id);
-        changed
+        let _forget = self.members.forget_after(id);
+        self.directory.remove_member(id, user).await
     }
 
     /// `me` leaves the group (ownership passes on if `me` owned it).
     pub async fn leave(&self, me: UserId, id: GroupId) -> Result<()> {
         self.get(me, id).await?;
-        let changed = self.directory.remove_member(id, me).await;
-        self.members.forget(id);
-        changed.map(|_| ())
+        let _forget = self.members.forget_after(id);
+        self.directory.remove_member(id, me).await.map(|_| ())
     }
 
     /// Refuses a group of `n` members early (before any friendship lookups).

@@ -43,6 +43,14 @@ struct Entry {
     expires: Instant,
 }
 
+impl Entry {
+    /// What the entry counts against [`CAPACITY`]: its member ids, and at least one so that
+    /// empty lists are bounded too.
+    fn weight(&self) -> usize {
+        self.members.len().max(1)
+    }
+}
+
 struct Lists {
     groups: HashMap<GroupId, Entry>,
     /// Member ids over all kept lists.
@@ -77,7 +85,7 @@ impl MemberCache {
         }
     }
 
-    /// The group's members if they were read less than [`TTL`] ago; `Err` carries the epoch
+    /// The group's members if they were read less than the TTL ago; `Err` carries the epoch
     /// to pass to [`Self::remember`] after asking the directory.
     pub fn get(&self, group: GroupId) -> Result<Members, Epoch> {
         let epoch = Epoch(self.epoch.load(Ordering::SeqCst));
@@ -100,29 +108,27 @@ impl MemberCache {
         members.dedup();
         let members: Members = members.into();
         let mut lists = self.lists.lock().unwrap_or_else(PoisonError::into_inner);
-        if self.epoch.load(Ordering::SeqCst) != epoch.0 || members.len() > CAPACITY {
+        let now = Instant::now();
+        let entry = Entry {
+            members: members.clone(),
+            expires: now + self.ttl,
+        };
+        if self.epoch.load(Ordering::SeqCst) != epoch.0 || entry.weight() > CAPACITY {
             return members;
         }
-        let now = Instant::now();
         if let Some(old) = lists.groups.remove(&group) {
-            lists.size -= old.members.len();
+            lists.size -= old.weight();
         }
-        if lists.size + members.len() > CAPACITY {
+        if lists.size + entry.weight() > CAPACITY {
             lists.groups.retain(|_, entry| entry.expires > now);
-            lists.size = lists.groups.values().map(|e| e.members.len()).sum();
-            if lists.size + members.len() > CAPACITY {
+            lists.size = lists.groups.values().map(Entry::weight).sum();
+            if lists.size + entry.weight() > CAPACITY {
                 lists.groups.clear();
                 lists.size = 0;
             }
         }
-        lists.size += members.len();
-        lists.groups.insert(
-            group,
-            Entry {
-                members: members.clone(),
-                expires: now + self.ttl,
-            },
-        );
+        lists.size += entry.weight();
+        lists.groups.insert(group, entry);
         members
     }
 
@@ -131,8 +137,27 @@ impl MemberCache {
         let mut lists = self.lists.lock().unwrap_or_else(PoisonError::into_inner);
         self.epoch.fetch_add(1, Ordering::SeqCst);
         if let Some(old) = lists.groups.remove(&group) {
-            lists.size -= old.members.len();
+            lists.size -= old.weight();
         }
+    }
+
+    /// Forgets the group's list when the returned guard is dropped: held across a directory
+    /// change, so the list is forgotten after it even when the caller is cancelled mid-way
+    /// (a client that hangs up does not leave a stale list behind).
+    pub fn forget_after(&self, group: GroupId) -> ForgetOnDrop<'_> {
+        ForgetOnDrop { cache: self, group }
+    }
+}
+
+/// See [`MemberCache::forget_after`].
+pub struct ForgetOnDrop<'a> {
+    cache: &'a MemberCache,
+    group: GroupId,
+}
+
+impl Drop for ForgetOnDrop<'_> {
+    fn drop(&mut self) {
+        self.cache.forget(self.group);
     }
 }
 
@@ -191,9 +216,37 @@ mod tests {
         cache.remember(GroupId(1), big(0), epoch);
         let epoch = cache.get(GroupId(2)).expect_err("unknown group");
         cache.remember(GroupId(2), big(1 << 32), epoch);
-        let size = cache.lists.lock().unwrap().size;
-        assert!(size <= CAPACITY, "{size} member ids kept");
+        assert!(cache.size() <= CAPACITY, "{} member ids kept", cache.size());
         assert!(cache.get(GroupId(2)).is_ok(), "the newest list is kept");
         assert!(cache.get(GroupId(1)).is_err(), "the older one made room");
+    }
+
+    impl MemberCache {
+        /// The size as counted, after checking it against the kept lists.
+        fn size(&self) -> usize {
+            let lists = self.lists.lock().unwrap();
+            let kept: usize = lists.groups.values().map(Entry::weight).sum();
+            assert_eq!(lists.size, kept, "size accounting drifted");
+            lists.size
+        }
+    }
+
+    #[test]
+    fn the_size_follows_every_change() {
+        let cache = MemberCache::default();
+        let epoch = cache.get(GroupId(1)).expect_err("unknown group");
+        cache.remember(GroupId(1), ids(&[1, 2, 3]), epoch);
+        let epoch = cache.get(GroupId(2)).expect_err("unknown group");
+        cache.remember(GroupId(2), Vec::new(), epoch);
+        assert_eq!(cache.size(), 4, "an empty list counts one");
+        let epoch = cache.epoch();
+        cache.remember(GroupId(1), ids(&[1, 2]), epoch);
+        assert_eq!(cache.size(), 3, "a replaced list counts once");
+        {
+            let _guard = cache.forget_after(GroupId(1));
+            assert!(cache.get(GroupId(1)).is_ok(), "forgotten only when dropped");
+        }
+        assert!(cache.get(GroupId(1)).is_err());
+        assert_eq!(cache.size(), 1);
     }
 }

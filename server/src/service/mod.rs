@@ -12,19 +12,21 @@ pub mod presence;
 pub mod rate_limit;
 pub mod validate;
 
+use std::sync::Arc;
+
 pub use accounts::AccountService;
 pub use chat::ChatService;
 pub use groups::GroupService;
 pub use people::PeopleService;
 pub use presence::PresenceService;
 
-use std::sync::Arc;
-
 /// Recent directory answers the chat hot paths read, each shared with the service that
 /// changes what it caches (people forget ended friendships, groups forget changed member
 /// lists).
 #[derive(Clone, Default)]
 pub struct DirectoryCaches {
+    /// "These two are friends" answers for direct messages (the people service forgets).
     pub friendships: Arc<friendship_cache::FriendshipCache>,
+    /// Group member lists for group messages and reads (the group service forgets).
     pub members: Arc<member_cache::MemberCache>,
 }

@@ -1,7 +1,7 @@
 //! The response half of a live stream: events from the outbox, then a final status when the
 //! server closes the session. gRPC streams take each event out of its [`SharedEvent`]
-//! (`api::chat`); the gateway's WebSockets send its shared encoding. Dropping the stream (the client left) drops the
-//! [`SessionHandle`], which unregisters the session.
+//! (`api::chat`); the gateway's WebSockets send its shared encoding. Dropping the stream (the
+//! client left) drops the [`SessionHandle`], which unregisters the session.
 
 use std::{sync::Arc, time::SystemTime};
 

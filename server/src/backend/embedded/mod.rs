@@ -27,10 +27,10 @@
 //! table and starts a new log segment; the checkpoint thread (`checkpoint`) writes the frozen
 //! table into redb in one durable transaction and deletes the old segments. A copy-on-write
 //! B-tree copies every page a transaction touches, so a transaction per batch cost ~200 page
-//! copies whatever the batch held and bounded throughput and latency; ten transactions a
-//! second pay that rarely, and each is short enough not to hold sends back for long
-//! (BENCHMARKS.md). On open, leftover segments (a crash) are replayed into redb before
-//! anything else; closing checkpoints what is left.
+//! copies whatever the batch held and bounded throughput and latency; one transaction per
+//! 100 ms pays those copies once for all the batches in between, and is short enough not to
+//! hold sends back for long (a second's worth did: BENCHMARKS.md). On open, leftover segments
+//! (a crash) are replayed into redb before anything else; closing checkpoints what is left.
 //!
 //! Reads look at the recent tier first (active, then frozen) and then at redb, in a read
 //! transaction opened after the tier was looked at, so an entry moving from the tier into
