@@ -18,6 +18,9 @@ use tokio::io::AsyncRead;
 use tokio_util::codec::FramedRead as InnerFramedRead;
 use tokio_util::codec::{LengthDelimitedCodec, LengthDelimitedCodecError};
 
+/// Daehwa: the read buffer's capacity while a connection is read (tokio-util's default).
+const READ_BUFFER_CAPACITY: usize = 8 * 1024;
+
 // 16 MB "sane default" taken from golang http2
 const DEFAULT_SETTINGS_MAX_HEADER_LIST_SIZE: usize = 16 << 20;
 
@@ -419,12 +422,28 @@ where
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let span = tracing::trace_span!("FramedRead::poll_next");
         let _e = span.enter();
+        // Daehwa: a buffer released while waiting (below) gets its capacity back to read.
+        let buffer = self.inner.read_buffer_mut();
+        if buffer.capacity() == 0 {
+            buffer.reserve(READ_BUFFER_CAPACITY);
+        }
         loop {
             tracing::trace!("poll");
-            let bytes = match ready!(Pin::new(&mut self.inner).poll_next(cx)) {
-                Some(Ok(bytes)) => bytes,
-                Some(Err(e)) => return Poll::Ready(Some(Err(map_err(e)))),
-                None => return Poll::Ready(None),
+            let bytes = match Pin::new(&mut self.inner).poll_next(cx) {
+                Poll::Ready(Some(Ok(bytes))) => bytes,
+                Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(map_err(e)))),
+                Poll::Ready(None) => return Poll::Ready(None),
+                Poll::Pending => {
+                    // Daehwa: nothing buffered and nothing to read: an idle connection
+                    // keeps no read buffer (8 KiB per connection otherwise). Replacing an
+                    // empty buffer with an empty one loses nothing, even mid-frame (the
+                    // codec keeps the frame's length in its own state).
+                    let buffer = self.inner.read_buffer_mut();
+                    if buffer.is_empty() && buffer.capacity() > 0 {
+                        *buffer = BytesMut::new();
+                    }
+                    return Poll::Pending;
+                }
             };
 
             tracing::trace!(read.bytes = bytes.len());

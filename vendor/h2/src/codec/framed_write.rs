@@ -93,7 +93,8 @@ where
             final_flush_done: false,
             encoder: Encoder {
                 hpack: hpack::Encoder::default(),
-                buf: Cursor::new(BytesMut::with_capacity(DEFAULT_BUFFER_CAPACITY)),
+                // Daehwa: allocated by the first frame buffered, released once flushed.
+                buf: Cursor::new(BytesMut::new()),
                 next: None,
                 last_data_frame: None,
                 max_frame_size: frame::DEFAULT_MAX_FRAME_SIZE,
@@ -131,6 +132,7 @@ where
     /// `poll_ready` must be called first to ensure that a frame may be
     /// accepted.
     pub fn buffer(&mut self, item: Frame<B>) -> Result<(), UserError> {
+        self.encoder.reserve_buffer();
         self.encoder.buffer(item)
     }
 
@@ -168,6 +170,9 @@ where
                 ControlFlow::Break => break,
             }
         }
+
+        // Daehwa: everything buffered is written; an idle connection keeps no write buffer.
+        self.encoder.release_buffer();
 
         tracing::trace!("flushing buffer");
         // Flush the upstream
@@ -307,9 +312,25 @@ where
     }
 
     fn has_capacity(&self) -> bool {
-        self.next.is_none()
-            && (self.buf.get_ref().capacity() - self.buf.get_ref().len()
-                >= self.min_buffer_capacity)
+        // Daehwa: the buffer may be released (capacity 0) while idle; count it at the
+        // capacity it is given again by `reserve_buffer`.
+        let capacity = self.buf.get_ref().capacity().max(DEFAULT_BUFFER_CAPACITY);
+        self.next.is_none() && (capacity - self.buf.get_ref().len() >= self.min_buffer_capacity)
+    }
+
+    /// Daehwa: gives a released write buffer its capacity back before a frame is encoded.
+    fn reserve_buffer(&mut self) {
+        if self.buf.get_ref().capacity() == 0 {
+            self.buf.get_mut().reserve(DEFAULT_BUFFER_CAPACITY);
+        }
+    }
+
+    /// Daehwa: frees the write buffer once it is empty, so that an idle connection holds
+    /// no write buffer (16 KiB per connection otherwise).
+    fn release_buffer(&mut self) {
+        if self.buf.get_ref().is_empty() && self.buf.get_ref().capacity() > 0 {
+            self.buf = Cursor::new(BytesMut::new());
+        }
     }
 
     fn is_empty(&self) -> bool {

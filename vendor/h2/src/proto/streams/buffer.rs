@@ -27,7 +27,11 @@ struct Slot<T> {
 
 impl<T> Buffer<T> {
     pub fn new() -> Self {
-        Buffer { slab: Slab::new() }
+        // Daehwa: one slot up front instead of 4 on the first push; a second pending
+        // entry grows it to 4.
+        Buffer {
+            slab: Slab::with_capacity(1),
+        }
     }
 
     pub fn is_empty(&self) -> bool {

@@ -81,7 +81,9 @@ pub(super) trait Resolve {
 impl Store {
     pub fn new() -> Self {
         Store {
-            slab: slab::Slab::new(),
+            // Daehwa: one slot up front (a Connect stream is most connections' only one);
+            // the second insert grows it to 4 as stock h2's first insert does.
+            slab: slab::Slab::with_capacity(1),
             ids: IndexMap::new(),
         }
     }
@@ -472,3 +474,4 @@ impl<'a> VacantEntry<'a> {
         Key { index, stream_id }
     }
 }
+
