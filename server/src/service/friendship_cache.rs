@@ -4,19 +4,14 @@
 //!
 //! Only positive answers are kept (a new friendship works at once), each for [`TTL`]. A
 //! friendship ended through this server is forgotten at once, and an answer read from the
-//! directory while that happens is not kept (the epoch check in [`FriendshipCache::remember`]),
+//! directory while that happens is not kept (the epoch of `expiring_cache`),
 //! so in one process an ended friendship stops direct messages immediately. Ended through
 //! another chat server of a cluster, it stops them here within [`TTL`].
 
-use std::{
-    collections::HashMap,
-    sync::{
-        Mutex, PoisonError,
-        atomic::{AtomicU64, Ordering},
-    },
-    time::{Duration, Instant},
-};
+use std::time::Duration;
 
+pub use super::expiring_cache::Epoch;
+use super::expiring_cache::ExpiringCache;
 use crate::ids::UserId;
 
 /// How long a positive answer is trusted: the bound on how late an unfriend made on another
@@ -27,12 +22,7 @@ const CAPACITY: usize = 100_000;
 
 /// Positive friendship answers, keyed by the ordered pair.
 pub struct FriendshipCache {
-    /// How long an answer is kept ([`TTL`] but in tests).
-    ttl: Duration,
-    /// Pair -> when its answer expires.
-    friends: Mutex<HashMap<(UserId, UserId), Instant>>,
-    /// Bumped by every [`FriendshipCache::forget`].
-    epoch: AtomicU64,
+    friends: ExpiringCache<(UserId, UserId), ()>,
 }
 
 impl Default for FriendshipCache {
@@ -40,10 +30,6 @@ impl Default for FriendshipCache {
         Self::with_ttl(TTL)
     }
 }
-
-/// A reading of the cache's epoch, taken before asking the directory.
-#[derive(Debug, Clone, Copy)]
-pub struct Epoch(u64);
 
 fn ordered(a: UserId, b: UserId) -> (UserId, UserId) {
     if a.0 <= b.0 { (a, b) } else { (b, a) }
@@ -53,45 +39,25 @@ impl FriendshipCache {
     /// A cache keeping answers for `ttl`.
     pub fn with_ttl(ttl: Duration) -> Self {
         Self {
-            ttl,
-            friends: Mutex::default(),
-            epoch: AtomicU64::new(0),
+            friends: ExpiringCache::new(ttl, CAPACITY, |()| 1),
         }
     }
 
     /// Whether `a` and `b` were friends less than [`TTL`] ago; `Err` carries the epoch to
     /// pass to [`Self::remember`] after asking the directory.
     pub fn check(&self, a: UserId, b: UserId) -> Result<(), Epoch> {
-        let epoch = Epoch(self.epoch.load(Ordering::SeqCst));
-        let friends = self.friends.lock().unwrap_or_else(PoisonError::into_inner);
-        match friends.get(&ordered(a, b)) {
-            Some(expires) if *expires > Instant::now() => Ok(()),
-            _ => Err(epoch),
-        }
+        self.friends.get(&ordered(a, b))
     }
 
     /// Keeps the directory's "friends" answer, unless a friendship ended since `epoch` was
     /// read (the answer may predate it).
     pub fn remember(&self, a: UserId, b: UserId, epoch: Epoch) {
-        let mut friends = self.friends.lock().unwrap_or_else(PoisonError::into_inner);
-        if self.epoch.load(Ordering::SeqCst) != epoch.0 {
-            return;
-        }
-        let now = Instant::now();
-        if friends.len() >= CAPACITY {
-            friends.retain(|_, expires| *expires > now);
-            if friends.len() >= CAPACITY {
-                friends.clear();
-            }
-        }
-        friends.insert(ordered(a, b), now + self.ttl);
+        self.friends.remember(ordered(a, b), (), epoch);
     }
 
     /// Drops the pair: called after the directory ended their friendship.
     pub fn forget(&self, a: UserId, b: UserId) {
-        let mut friends = self.friends.lock().unwrap_or_else(PoisonError::into_inner);
-        self.epoch.fetch_add(1, Ordering::SeqCst);
-        friends.remove(&ordered(a, b));
+        self.friends.forget(&ordered(a, b));
     }
 }
 

@@ -5,7 +5,7 @@
 //!
 //! A list is kept for [`TTL`]. A membership change made through this server (add, remove,
 //! leave) forgets the group's list at once, and a list read from the directory while that
-//! happens is not kept (the epoch check in [`MemberCache::remember`]), so in one process a
+//! happens is not kept (the epoch of `expiring_cache`), so in one process a
 //! change takes effect immediately. Made through another chat server of a cluster, it takes
 //! effect here within [`TTL`]: a removed member can still send or read here that long, and a
 //! new member's live deliveries from here start that late (its device sees the seq gap on
@@ -13,57 +13,25 @@
 //! again (see `ChatService::ensure_reader`), so a new member is never refused for a stale
 //! list.
 
-use std::{
-    collections::HashMap,
-    sync::{
-        Arc, Mutex, PoisonError,
-        atomic::{AtomicU64, Ordering},
-    },
-    time::{Duration, Instant},
-};
+use std::{sync::Arc, time::Duration};
 
+pub use super::expiring_cache::Epoch;
+use super::expiring_cache::ExpiringCache;
 use crate::ids::{GroupId, UserId};
 
 /// How long a member list is trusted: the bound on how late a membership change made on
 /// another chat server takes effect here.
 pub const TTL: Duration = Duration::from_secs(2);
 /// The most member ids kept over all groups (8 bytes each); when a list would pass it,
-/// expired lists are dropped, and if that is not enough, all.
+/// expired lists are dropped, and if that is not enough, all. An empty list counts one.
 const CAPACITY: usize = 1_000_000;
 
 /// A group's members, sorted by id (so membership is a binary search).
 pub type Members = Arc<[UserId]>;
 
-/// A reading of the cache's epoch, taken before asking the directory.
-#[derive(Debug, Clone, Copy)]
-pub struct Epoch(u64);
-
-struct Entry {
-    members: Members,
-    expires: Instant,
-}
-
-impl Entry {
-    /// What the entry counts against [`CAPACITY`]: its member ids, and at least one so that
-    /// empty lists are bounded too.
-    fn weight(&self) -> usize {
-        self.members.len().max(1)
-    }
-}
-
-struct Lists {
-    groups: HashMap<GroupId, Entry>,
-    /// Member ids over all kept lists.
-    size: usize,
-}
-
 /// Member lists by group.
 pub struct MemberCache {
-    /// How long a list is kept ([`TTL`] but in tests).
-    ttl: Duration,
-    lists: Mutex<Lists>,
-    /// Bumped by every [`MemberCache::forget`].
-    epoch: AtomicU64,
+    lists: ExpiringCache<GroupId, Members>,
 }
 
 impl Default for MemberCache {
@@ -76,29 +44,19 @@ impl MemberCache {
     /// A cache keeping lists for `ttl`.
     pub fn with_ttl(ttl: Duration) -> Self {
         Self {
-            ttl,
-            lists: Mutex::new(Lists {
-                groups: HashMap::new(),
-                size: 0,
-            }),
-            epoch: AtomicU64::new(0),
+            lists: ExpiringCache::new(ttl, CAPACITY, |members: &Members| members.len()),
         }
     }
 
     /// The group's members if they were read less than the TTL ago; `Err` carries the epoch
     /// to pass to [`Self::remember`] after asking the directory.
     pub fn get(&self, group: GroupId) -> Result<Members, Epoch> {
-        let epoch = Epoch(self.epoch.load(Ordering::SeqCst));
-        let lists = self.lists.lock().unwrap_or_else(PoisonError::into_inner);
-        match lists.groups.get(&group) {
-            Some(entry) if entry.expires > Instant::now() => Ok(entry.members.clone()),
-            _ => Err(epoch),
-        }
+        self.lists.get(&group)
     }
 
     /// The epoch now, for a directory read that follows a kept list without the caller in it.
     pub fn epoch(&self) -> Epoch {
-        Epoch(self.epoch.load(Ordering::SeqCst))
+        self.lists.epoch()
     }
 
     /// Sorts the directory's member list, keeps it unless a membership changed since `epoch`
@@ -107,38 +65,13 @@ impl MemberCache {
         members.sort_unstable();
         members.dedup();
         let members: Members = members.into();
-        let mut lists = self.lists.lock().unwrap_or_else(PoisonError::into_inner);
-        let now = Instant::now();
-        let entry = Entry {
-            members: members.clone(),
-            expires: now + self.ttl,
-        };
-        if self.epoch.load(Ordering::SeqCst) != epoch.0 || entry.weight() > CAPACITY {
-            return members;
-        }
-        if let Some(old) = lists.groups.remove(&group) {
-            lists.size -= old.weight();
-        }
-        if lists.size + entry.weight() > CAPACITY {
-            lists.groups.retain(|_, entry| entry.expires > now);
-            lists.size = lists.groups.values().map(Entry::weight).sum();
-            if lists.size + entry.weight() > CAPACITY {
-                lists.groups.clear();
-                lists.size = 0;
-            }
-        }
-        lists.size += entry.weight();
-        lists.groups.insert(group, entry);
+        self.lists.remember(group, members.clone(), epoch);
         members
     }
 
     /// Drops the group's list: called after the directory changed its membership.
     pub fn forget(&self, group: GroupId) {
-        let mut lists = self.lists.lock().unwrap_or_else(PoisonError::into_inner);
-        self.epoch.fetch_add(1, Ordering::SeqCst);
-        if let Some(old) = lists.groups.remove(&group) {
-            lists.size -= old.weight();
-        }
+        self.lists.forget(&group);
     }
 
     /// Forgets the group's list when the returned guard is dropped: held across a directory
@@ -222,12 +155,9 @@ mod tests {
     }
 
     impl MemberCache {
-        /// The size as counted, after checking it against the kept lists.
+        /// The member ids kept, as counted (checked against the kept lists).
         fn size(&self) -> usize {
-            let lists = self.lists.lock().unwrap();
-            let kept: usize = lists.groups.values().map(Entry::weight).sum();
-            assert_eq!(lists.size, kept, "size accounting drifted");
-            lists.size
+            self.lists.weight()
         }
     }
 
