@@ -423,9 +423,12 @@ where
         let span = tracing::trace_span!("FramedRead::poll_next");
         let _e = span.enter();
         // Daehwa: a buffer released while waiting (below) gets its capacity back to read.
+        // `with_capacity`, not `reserve`: `BytesMut` remembers the capacity it was made
+        // with and reallocates at least that much once frames split off it are shared;
+        // grown from empty it would reallocate to the exact size of each frame.
         let buffer = self.inner.read_buffer_mut();
         if buffer.capacity() == 0 {
-            buffer.reserve(READ_BUFFER_CAPACITY);
+            *buffer = BytesMut::with_capacity(READ_BUFFER_CAPACITY);
         }
         loop {
             tracing::trace!("poll");

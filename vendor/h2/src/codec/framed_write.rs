@@ -321,7 +321,7 @@ where
     /// Daehwa: gives a released write buffer its capacity back before a frame is encoded.
     fn reserve_buffer(&mut self) {
         if self.buf.get_ref().capacity() == 0 {
-            self.buf.get_mut().reserve(DEFAULT_BUFFER_CAPACITY);
+            *self.buf.get_mut() = BytesMut::with_capacity(DEFAULT_BUFFER_CAPACITY);
         }
     }
 

@@ -474,4 +474,3 @@ impl<'a> VacantEntry<'a> {
         Key { index, stream_id }
     }
 }
-
