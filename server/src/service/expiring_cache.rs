@@ -20,7 +20,7 @@ use std::{
     collections::HashMap,
     hash::Hash,
     sync::{
-        Mutex, PoisonError,
+        Mutex, MutexGuard, PoisonError,
         atomic::{AtomicU64, Ordering},
     },
     time::{Duration, Instant},
@@ -58,6 +58,8 @@ pub struct ExpiringCache<K, V> {
     ttl: Duration,
     capacity: usize,
     weigh: fn(&V) -> usize,
+    /// A std mutex: every method takes it for a few map operations and never across an
+    /// `.await` (nothing here is async), so an async mutex would only add cost.
     entries: Mutex<Entries<K, V>>,
     /// Bumped by every [`ExpiringCache::forget`].
     epoch: AtomicU64,
@@ -132,7 +134,7 @@ impl<K: Eq + Hash, V: Clone> ExpiringCache<K, V> {
         entries.remove(key);
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Entries<K, V>> {
+    fn lock(&self) -> MutexGuard<'_, Entries<K, V>> {
         self.entries.lock().unwrap_or_else(PoisonError::into_inner)
     }
 

@@ -4,14 +4,13 @@
 //!
 //! Only positive answers are kept (a new friendship works at once), each for [`TTL`]. A
 //! friendship ended through this server is forgotten at once, and an answer read from the
-//! directory while that happens is not kept (the epoch of `expiring_cache`),
-//! so in one process an ended friendship stops direct messages immediately. Ended through
-//! another chat server of a cluster, it stops them here within [`TTL`].
+//! directory while that happens is not kept (the epoch of [`ExpiringCache`]), so in one
+//! process an ended friendship stops direct messages immediately. Ended through another
+//! chat server of a cluster, it stops them here within [`TTL`].
 
 use std::time::Duration;
 
-pub use super::expiring_cache::Epoch;
-use super::expiring_cache::ExpiringCache;
+use super::expiring_cache::{self, ExpiringCache};
 use crate::ids::UserId;
 
 /// How long a positive answer is trusted: the bound on how late an unfriend made on another
@@ -19,6 +18,11 @@ use crate::ids::UserId;
 pub const TTL: Duration = Duration::from_secs(2);
 /// The most pairs kept; when full, expired pairs are dropped, and if none are, all.
 const CAPACITY: usize = 100_000;
+
+/// A reading of the cache's epoch, taken before asking the directory (a type of its own, so
+/// that a reading of another cache cannot be passed here).
+#[derive(Debug, Clone, Copy)]
+pub struct Epoch(expiring_cache::Epoch);
 
 /// Positive friendship answers, keyed by the ordered pair.
 pub struct FriendshipCache {
@@ -46,13 +50,13 @@ impl FriendshipCache {
     /// Whether `a` and `b` were friends less than [`TTL`] ago; `Err` carries the epoch to
     /// pass to [`Self::remember`] after asking the directory.
     pub fn check(&self, a: UserId, b: UserId) -> Result<(), Epoch> {
-        self.friends.get(&ordered(a, b))
+        self.friends.get(&ordered(a, b)).map_err(Epoch)
     }
 
     /// Keeps the directory's "friends" answer, unless a friendship ended since `epoch` was
     /// read (the answer may predate it).
     pub fn remember(&self, a: UserId, b: UserId, epoch: Epoch) {
-        self.friends.remember(ordered(a, b), (), epoch);
+        self.friends.remember(ordered(a, b), (), epoch.0);
     }
 
     /// Drops the pair: called after the directory ended their friendship.

@@ -5,18 +5,16 @@
 //!
 //! A list is kept for [`TTL`]. A membership change made through this server (add, remove,
 //! leave) forgets the group's list at once, and a list read from the directory while that
-//! happens is not kept (the epoch of `expiring_cache`), so in one process a
-//! change takes effect immediately. Made through another chat server of a cluster, it takes
-//! effect here within [`TTL`]: a removed member can still send or read here that long, and a
-//! new member's live deliveries from here start that late (its device sees the seq gap on
-//! the next message and catches up by sync). A member missing from a kept list is asked
-//! again (see `ChatService::ensure_reader`), so a new member is never refused for a stale
-//! list.
+//! happens is not kept (the epoch of [`ExpiringCache`]), so in one process a change takes
+//! effect immediately. Made through another chat server of a cluster, it takes effect here
+//! within [`TTL`]: a removed member can still send or read here that long, and a new
+//! member's live deliveries from here start that late (its device sees the seq gap on the
+//! next message and catches up by sync). A member missing from a kept list is asked again
+//! (see `ChatService::ensure_reader`), so a new member is never refused for a stale list.
 
 use std::{sync::Arc, time::Duration};
 
-pub use super::expiring_cache::Epoch;
-use super::expiring_cache::ExpiringCache;
+use super::expiring_cache::{self, ExpiringCache};
 use crate::ids::{GroupId, UserId};
 
 /// How long a member list is trusted: the bound on how late a membership change made on
@@ -28,6 +26,11 @@ const CAPACITY: usize = 1_000_000;
 
 /// A group's members, sorted by id (so membership is a binary search).
 pub type Members = Arc<[UserId]>;
+
+/// A reading of the cache's epoch, taken before asking the directory (a type of its own, so
+/// that a reading of another cache cannot be passed here).
+#[derive(Debug, Clone, Copy)]
+pub struct Epoch(expiring_cache::Epoch);
 
 /// Member lists by group.
 pub struct MemberCache {
@@ -51,12 +54,12 @@ impl MemberCache {
     /// The group's members if they were read less than the TTL ago; `Err` carries the epoch
     /// to pass to [`Self::remember`] after asking the directory.
     pub fn get(&self, group: GroupId) -> Result<Members, Epoch> {
-        self.lists.get(&group)
+        self.lists.get(&group).map_err(Epoch)
     }
 
     /// The epoch now, for a directory read that follows a kept list without the caller in it.
     pub fn epoch(&self) -> Epoch {
-        self.lists.epoch()
+        Epoch(self.lists.epoch())
     }
 
     /// Sorts the directory's member list, keeps it unless a membership changed since `epoch`
@@ -65,7 +68,7 @@ impl MemberCache {
         members.sort_unstable();
         members.dedup();
         let members: Members = members.into();
-        self.lists.remember(group, members.clone(), epoch);
+        self.lists.remember(group, members.clone(), epoch.0);
         members
     }
 

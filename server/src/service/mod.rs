@@ -4,7 +4,7 @@
 pub mod accounts;
 pub mod chat;
 pub mod delivery;
-pub mod expiring_cache;
+mod expiring_cache;
 pub mod friendship_cache;
 pub mod groups;
 pub mod member_cache;
