@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Runs every scenario of BENCHMARKS.md, one after another, each against the bare relay and
-# then chatd (release builds). Each scenario's table (stderr) and JSON summary (stdout) go
-# to OUT_DIR (default: bench-results/<date>-<commit>), with everything echoed here too.
-# About 15-25 minutes on 2 cores, most of it signing up the 10,000-member groups.
+# then chatd (release builds). Per scenario, OUT_DIR (default:
+# bench-results/<UTC date and time>-<commit>) keeps the table and progress (<name>.txt,
+# also echoed here) and the JSON summary (<name>.json). A scenario that fails, or reports a
+# lost or duplicated message (exit 1), does not stop the others; the script exits 1 if any
+# did. About 30-40 minutes on 2 cores, most of it signing up the two 10,000-member groups.
 # Usage: scripts/bench-all.sh [OUT_DIR]
 set -euo pipefail
 
@@ -14,12 +16,21 @@ cargo build --release -p daehwa-server -p daehwa-bench
 OUT="${1:-bench-results/$(date -u +%Y%m%d-%H%M)-$(git rev-parse --short HEAD)}"
 mkdir -p "$OUT"
 BENCH=target/release/chat-bench
+FAILED=()
 
 run() {
     local name="$1"
     shift
-    echo "### $name: chat-bench $*" | tee -a "$OUT/all.txt"
-    "$BENCH" "$@" --json >"$OUT/$name.json" 2> >(tee -a "$OUT/all.txt" >&2)
+    echo "### $name: chat-bench $*" >&2
+    # stderr (table and progress) through tee, stdout (JSON) to its file.
+    set +e
+    { "$BENCH" "$@" --json 2>&1 >"$OUT/$name.json" | tee "$OUT/$name.txt" >&2; }
+    local status="${PIPESTATUS[0]}"
+    set -e
+    if [ "$status" -ne 0 ]; then
+        echo "### $name exited $status" >&2
+        FAILED+=("$name")
+    fi
 }
 
 run a-pairs-grpc pairs --pairs 100 --in-flight 8 --seconds 10 --size 64
@@ -37,4 +48,9 @@ run d-fanout-10000-ws fanout --transport ws --members 10000
 run e-catchup catchup --behind 10000
 run f-storm-grpc storm --sessions 10000
 run f-storm-ws storm --transport ws --sessions 10000
-echo "results in $OUT"
+
+echo "results in $OUT" >&2
+if [ "${#FAILED[@]}" -ne 0 ]; then
+    echo "failed: ${FAILED[*]}" >&2
+    exit 1
+fi
