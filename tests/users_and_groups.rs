@@ -163,6 +163,26 @@ async fn list_group_ids(user: &TestUser) -> Vec<u64> {
         .collect()
 }
 
+/// Signs up "owner", then `names` in order, and befriends the owner with each of them:
+/// the people a group owner may add.
+async fn owner_and_friends<const N: usize>(
+    server: &TestServer,
+    names: [&str; N],
+) -> (TestUser, [TestUser; N]) {
+    let owner = server.user("owner").await;
+    let mut friends = Vec::with_capacity(N);
+    for name in names {
+        friends.push(server.user(name).await);
+    }
+    for friend in &friends {
+        befriend(&owner, friend).await;
+    }
+    let Ok(friends) = friends.try_into() else {
+        unreachable!("{N} users were signed up")
+    };
+    (owner, friends)
+}
+
 /// An id no user of this server has.
 fn unknown_user_id(users: &[&TestUser]) -> u64 {
     users.iter().map(|u| u.user_id).max().unwrap_or(0) + 1_000_000
@@ -586,11 +606,7 @@ async fn remove_friend_ends_friendships_and_declines_requests() {
 #[tokio::test]
 async fn create_group_with_friends_lists_the_owner_first() {
     let server = TestServer::start().await;
-    let owner = server.user("owner").await;
-    let bob = server.user("bob").await;
-    let carol = server.user("carol").await;
-    befriend(&owner, &bob).await;
-    befriend(&owner, &carol).await;
+    let (owner, [bob, carol]) = owner_and_friends(&server, ["bob", "carol"]).await;
 
     let group = create_group_ok(&owner, "hikers", &[carol.user_id, bob.user_id]).await;
     assert_eq!(group.name, "hikers");
@@ -631,15 +647,7 @@ async fn create_group_with_friends_lists_the_owner_first() {
 #[tokio::test]
 async fn create_group_refusals() {
     let server = TestServer::start_with(|c| c.max_group_members = 3).await;
-    let owner = server.user("owner").await;
-    let friends = [
-        server.user("f1").await,
-        server.user("f2").await,
-        server.user("f3").await,
-    ];
-    for f in &friends {
-        befriend(&owner, f).await;
-    }
+    let (owner, friends) = owner_and_friends(&server, ["f1", "f2", "f3"]).await;
     let stranger = server.user("stranger").await;
 
     assert_code(
@@ -690,11 +698,7 @@ async fn create_group_refusals() {
 async fn group_limit_counts_each_member_once() {
     // Clients often list the owner among the members, or repeat an id: the group is the set.
     let server = TestServer::start_with(|c| c.max_group_members = 3).await;
-    let owner = server.user("owner").await;
-    let bob = server.user("bob").await;
-    let carol = server.user("carol").await;
-    befriend(&owner, &bob).await;
-    befriend(&owner, &carol).await;
+    let (owner, [bob, carol]) = owner_and_friends(&server, ["bob", "carol"]).await;
 
     let group = create_group(
         &owner,
@@ -732,11 +736,7 @@ async fn group_limit_counts_each_member_once() {
 #[tokio::test]
 async fn get_group_is_for_members_only() {
     let server = TestServer::start().await;
-    let owner = server.user("owner").await;
-    let bob = server.user("bob").await;
-    let outsider = server.user("outsider").await;
-    befriend(&owner, &bob).await;
-    befriend(&owner, &outsider).await;
+    let (owner, [bob, outsider]) = owner_and_friends(&server, ["bob", "outsider"]).await;
     let group = create_group_ok(&owner, "club", &[bob.user_id]).await;
 
     assert_code(
@@ -855,13 +855,7 @@ async fn add_members_adds_friends_of_any_member_up_to_the_limit() {
 #[tokio::test]
 async fn remove_member_is_for_the_owner_or_oneself() {
     let server = TestServer::start().await;
-    let owner = server.user("owner").await;
-    let bob = server.user("bob").await;
-    let carol = server.user("carol").await;
-    let dave = server.user("dave").await;
-    for u in [&bob, &carol, &dave] {
-        befriend(&owner, u).await;
-    }
+    let (owner, [bob, carol, dave]) = owner_and_friends(&server, ["bob", "carol", "dave"]).await;
     let group = create_group_ok(&owner, "club", &[bob.user_id, carol.user_id, dave.user_id]).await;
 
     assert_code(
@@ -925,11 +919,7 @@ async fn remove_member_is_for_the_owner_or_oneself() {
 #[tokio::test]
 async fn membership_changes_apply_to_the_next_message() {
     let server = TestServer::start().await;
-    let owner = server.user("owner").await;
-    let bob = server.user("bob").await;
-    let carol = server.user("carol").await;
-    befriend(&owner, &bob).await;
-    befriend(&owner, &carol).await;
+    let (owner, [bob, carol]) = owner_and_friends(&server, ["bob", "carol"]).await;
     let group = create_group_ok(&owner, "club", &[bob.user_id]).await;
     let conversation = group.conversation_id.as_str();
     // Sending reads (and keeps) the member list.
@@ -997,13 +987,8 @@ async fn membership_changes_apply_to_the_next_message() {
 #[tokio::test]
 async fn owner_leaving_hands_the_group_to_the_longest_standing_member() {
     let server = TestServer::start().await;
-    let owner = server.user("owner").await;
-    let early = server.user("early").await;
-    let later = server.user("later").await;
-    let last = server.user("last").await;
-    for u in [&early, &later, &last] {
-        befriend(&owner, u).await;
-    }
+    let (owner, [early, later, last]) =
+        owner_and_friends(&server, ["early", "later", "last"]).await;
     // `later` signed up after `early` but joins first: joining order, not user ids, decides.
     let group = create_group_ok(&owner, "club", &[later.user_id, early.user_id]).await;
     add_members(&owner, group.group_id, &[last.user_id])
