@@ -1,5 +1,6 @@
 //! Checkpoints: a frozen [`Recent`] table is written into redb in ONE durable transaction,
-//! then the log segments that held it are deleted. Copy-on-write B-trees copy every page a
+//! then the log segments older than the one the writer was appending to at the freeze (they
+//! hold nothing newer than the table) are deleted. Copy-on-write B-trees copy every page a
 //! transaction touches, so one transaction every 100 ms over all busy conversations costs a
 //! fraction of one per batch (BENCHMARKS.md has the measurements that led here).
 
@@ -26,7 +27,7 @@ use crate::error::{Error, Result};
 /// How long a failed checkpoint waits before it tries again.
 const RETRY_AFTER: Duration = Duration::from_secs(1);
 
-/// A frozen table and the newest log segment that holds any of it.
+/// A frozen table and the newest log segment that holds nothing newer than it.
 pub(super) struct Frozen {
     pub table: Arc<Recent>,
     pub through_generation: u64,

@@ -24,8 +24,10 @@
 //! allocation gapless without locks.
 //!
 //! Every 100 ms under load (or sooner when it grows large) the writer freezes the recent
-//! table and starts a new log segment; the checkpoint thread (`checkpoint`) writes the frozen
-//! table into redb in one durable transaction and deletes the old segments. A copy-on-write
+//! table; the checkpoint thread (`checkpoint`) writes the frozen table into redb in one
+//! durable transaction (its pages synced in slices, `paced_file`) and deletes the log
+//! segments that hold nothing newer. Log segments are zero-filled ahead of use by a helper
+//! thread, so that each sync on the hot path writes only the appended bytes (`log`). A copy-on-write
 //! B-tree copies every page a transaction touches, so a transaction per batch cost ~200 page
 //! copies whatever the batch held and bounded throughput and latency; one transaction per
 //! 100 ms pays those copies once for all the batches in between, and is short enough not to
@@ -74,6 +76,7 @@
 mod checkpoint;
 mod layout;
 mod log;
+mod paced_file;
 mod recent;
 #[cfg(test)]
 mod tests;
@@ -97,6 +100,7 @@ use self::{
         message_key, user_conv_key,
     },
     log::Log,
+    paced_file::PacedFile,
     recent::{Tiers, seq_of},
     writer::{Job, Tuning},
 };
@@ -126,8 +130,9 @@ fn closed() -> Error {
 }
 
 /// Creates the tables if missing, replays the log segments next to `log_base` into `db` in
-/// one durable transaction, deletes them and opens the next segment for the writer.
-fn recover(db: &Database, log_base: &Path) -> Result<Log> {
+/// one durable transaction, deletes them and opens the next segment for the writer, zeroed
+/// to `segment_size` bytes.
+fn recover(db: &Database, log_base: &Path, segment_size: u64) -> Result<Log> {
     let tx = db.begin_write().map_err(db_err)?;
     tx.open_table(MESSAGES).map_err(db_err)?;
     for table in [HEADS, layout::IDEMPOTENCY, READ_POSITIONS] {
@@ -154,19 +159,33 @@ fn recover(db: &Database, log_base: &Path) -> Result<Log> {
     if replayed.last_generation > 0 {
         log::remove_through(log_base, replayed.last_generation).map_err(io)?;
     }
-    Log::create(log_base, replayed.last_generation + 1).map_err(io)
+    Log::create(log_base, replayed.last_generation + 1, segment_size, true).map_err(io)
 }
 
 impl EmbeddedStore {
     /// Opens the store at `path` (its log segments sit next to it), creating the file and its
     /// tables if missing, replays what a crash left in the log, and starts the writer.
     pub fn open(path: &Path) -> Result<Self> {
-        let db = Database::create(path).map_err(db_err)?;
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)
+            .map_err(|e| {
+                Error::unavailable(format!(
+                    "message store: cannot open {}: {e}",
+                    path.display()
+                ))
+            })?;
+        let db = Database::builder()
+            .create_with_backend(PacedFile::new(file).map_err(db_err)?)
+            .map_err(db_err)?;
         Self::with_database(db, path.to_owned(), Tuning::default())
     }
 
     fn with_database(db: Database, log_base: PathBuf, tuning: Tuning) -> Result<Self> {
-        let log = recover(&db, &log_base)?;
+        let log = recover(&db, &log_base, tuning.first_segment)?;
         Self::with_log(Arc::new(db), log, log_base, tuning)
     }
 

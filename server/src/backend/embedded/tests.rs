@@ -16,7 +16,7 @@ use tempfile::TempDir;
 
 use super::{
     EmbeddedStore,
-    log::Log,
+    log::{FIRST_SEGMENT, Log},
     recent::Tiers,
     recover,
     writer::{self, Job, Tuning, Writer},
@@ -308,7 +308,9 @@ async fn failed_log_write_fails_its_batch_and_every_later_one() {
 
     // The writer's segment refuses writes (opened read-only): a real I/O error on append.
     let db = Arc::new(redb::Database::create(&path).expect("database"));
-    let generation = recover(&db, &path).expect("recover").generation();
+    let generation = recover(&db, &path, FIRST_SEGMENT)
+        .expect("recover")
+        .generation();
     let log = Log::read_only(&path, generation).expect("read-only segment");
     let store =
         Arc::new(EmbeddedStore::with_log(db, log, path.clone(), Tuning::default()).expect("store"));
@@ -357,10 +359,34 @@ async fn failed_log_write_fails_its_batch_and_every_later_one() {
 /// last acknowledgement) leaves: redb as of its last checkpoint plus the synced log.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crash_image_recovers_every_acknowledged_write() {
+    let segments = crash_image_recovers(checkpoint_never()).await;
+    assert_eq!(segments, 1, "one log segment");
+}
+
+/// The same across many log segments: tiny ones, so the writer moves on every few batches
+/// (to a zeroed spare when the helper has one ready, else to a file that grows).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_image_across_log_segments_recovers_every_acknowledged_write() {
+    let segments = crash_image_recovers(Tuning {
+        first_segment: 512,
+        max_segment: 2048,
+        ..checkpoint_never()
+    })
+    .await;
+    assert!(
+        segments > 3,
+        "the log moved on several times ({segments} segments)"
+    );
+}
+
+/// Appends 40 messages and a read position with `tuning`, copies the files while the store
+/// runs, and checks that the copy opens with all of it; returns how many log segments the
+/// copy held.
+async fn crash_image_recovers(tuning: Tuning) -> usize {
     let dir = tempfile::tempdir().expect("temp dir");
     let path = dir.path().join("messages.redb");
     let dm = ConversationId::direct(UserId(1), UserId(2)).expect("dm");
-    let store = open_with(&path, checkpoint_never());
+    let store = open_with(&path, tuning);
     let mut sent = Vec::new();
     for i in 0..40 {
         let conv = if i % 2 == 0 { group(8) } else { dm };
@@ -370,13 +396,15 @@ async fn crash_image_recovers_every_acknowledged_write() {
     assert_eq!(store.mark_read(UserId(2), dm, 7).await.expect("mark"), 7);
 
     let image = tempfile::tempdir().expect("temp dir");
-    let mut copied = 0;
+    let mut segments = 0;
     for entry in std::fs::read_dir(dir.path()).expect("list") {
         let entry = entry.expect("entry");
-        std::fs::copy(entry.path(), image.path().join(entry.file_name())).expect("copy");
-        copied += 1;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        std::fs::copy(entry.path(), image.path().join(&name)).expect("copy");
+        if name.starts_with("messages.redb.log.") && !name.ends_with("spare") {
+            segments += 1;
+        }
     }
-    assert_eq!(copied, 2, "the redb file and one log segment");
     drop(store);
 
     let store = EmbeddedStore::open(&image.path().join("messages.redb")).expect("open image");
@@ -406,13 +434,56 @@ async fn crash_image_recovers_every_acknowledged_write() {
         .expect("append");
     assert_eq!((next.message.seq, next.duplicate), (21, false));
     store.close().await.expect("close");
+    segments
+}
+
+/// Checkpoints after every batch while the log moves through tiny segments: checkpoints
+/// delete the segments they covered as the writer goes, reads see every message, and a
+/// closed store leaves no segment behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn checkpoints_delete_covered_segments_as_the_log_moves_on() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("messages.redb");
+    let store = open_with(
+        &path,
+        Tuning {
+            first_segment: 512,
+            max_segment: 1024,
+            ..checkpoint_always()
+        },
+    );
+    let mut sent = Vec::new();
+    for i in 0..200 {
+        let m = new_message(group(3), 1, &format!("c{i}"), &format!("text {i}"));
+        sent.push(store.append(m).await.expect("append").message);
+    }
+    let segments = || {
+        std::fs::read_dir(dir.path())
+            .expect("list")
+            .filter(|e| {
+                let name = e.as_ref().expect("entry").file_name();
+                let name = name.to_string_lossy();
+                name.starts_with("messages.redb.log.") && !name.ends_with("spare")
+            })
+            .count()
+    };
+    // 200 frames of > 100 bytes in segments of at most 1 KiB: ~30 segments were written.
+    let left = segments();
+    assert!(left < 10, "covered segments are deleted ({left} left)");
+    assert!(left >= 1, "the segment being appended to is never deleted");
+    assert_eq!(
+        store.read_after(group(3), 0, 500).await.expect("read"),
+        sent
+    );
+    store.close().await.expect("close");
+    assert_eq!(segments(), 0, "closing checkpoints and deletes the log");
 }
 
 /// Runs a writer over `receiver` until it is drained, on a fresh database at `path`; returns
 /// how many batches it made.
 async fn run_writer(path: &std::path::Path, receiver: tokio::sync::mpsc::Receiver<Job>) -> u64 {
     let db = Arc::new(redb::Database::create(path).expect("database"));
-    let log = recover(&db, path).expect("recover");
+    let log = recover(&db, path, FIRST_SEGMENT).expect("recover");
     let tiers = Arc::new(RwLock::new(Tiers::default()));
     let writer = Writer::new(db, tiers, log, path.to_owned(), Tuning::default()).expect("writer");
     tokio::task::spawn_blocking(move || writer.run(receiver))

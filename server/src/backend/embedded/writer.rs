@@ -8,8 +8,9 @@
 //! same batch. The batch's changes are appended to the write-ahead log and synced; then they
 //! are merged into the active table, where readers see them. redb is written only by
 //! checkpoints: after each batch, if [`Tuning::freeze_after`] has passed (or the active table
-//! is large) and no checkpoint is running, the writer starts a new log segment and hands the
-//! active table to the checkpoint thread as frozen.
+//! is large) and no checkpoint is running, the writer hands the active table to the
+//! checkpoint thread as frozen. Separately, once the log segment's zeroed space is used up,
+//! it moves to the spare segment the log's helper thread has prepared (see `log`).
 //!
 //! Error rule inside a batch: a redb read error aborts the whole batch and every job in it
 //! gets `Unavailable`; a bad record (undecodable, dangling index) fails only its own job,
@@ -39,7 +40,7 @@ use super::{
         ConvKey, HEADS, IDEMPOTENCY, MESSAGES, READ_POSITIONS, db_err, decode_message,
         idempotency_key, message_key, timestamp, user_conv_key,
     },
-    log::{self, AppendError, Log},
+    log::{self, AppendError, Log, SpareMaker},
     recent::{Recent, Tiers, UserConvKey},
 };
 use crate::{
@@ -116,6 +117,10 @@ pub(super) struct Tuning {
     pub max_active_entries: usize,
     /// ... for at most this long, then fails `Unavailable`.
     pub checkpoint_wait: Duration,
+    /// The zeroed size of the first log segment; each next one is twice the last...
+    pub first_segment: u64,
+    /// ... up to this size.
+    pub max_segment: u64,
 }
 
 impl Default for Tuning {
@@ -133,6 +138,8 @@ impl Default for Tuning {
             freeze_at_entries: 131_072,
             max_active_entries: 262_144,
             checkpoint_wait: Duration::from_secs(5),
+            first_segment: log::FIRST_SEGMENT,
+            max_segment: log::MAX_SEGMENT,
         }
     }
 }
@@ -144,6 +151,7 @@ pub(super) struct Writer {
     tiers: Arc<RwLock<Tiers>>,
     log: Log,
     log_base: PathBuf,
+    spares: SpareMaker,
     tuning: Tuning,
     last_freeze: Instant,
     checkpoints: Checkpoints,
@@ -171,6 +179,10 @@ impl Writer {
         let (frozen, frozen_receiver) = mpsc::sync_channel(1);
         let (done_sender, done) = mpsc::sync_channel(1);
         let closing = Arc::new(AtomicBool::new(false));
+        let mut spares = SpareMaker::spawn(&log_base).map_err(|e| {
+            Error::unavailable(format!("message store: cannot start the log's helper: {e}"))
+        })?;
+        spares.request(next_segment_size(&log, &tuning));
         let thread = checkpoint::spawn(
             Arc::clone(&db),
             log_base.clone(),
@@ -183,6 +195,7 @@ impl Writer {
             tiers,
             log,
             log_base,
+            spares,
             tuning,
             last_freeze: Instant::now(),
             checkpoints: Checkpoints {
@@ -225,6 +238,9 @@ impl Writer {
             let committed = self.write_batch(&mut batch);
             for job in batch.drain(..) {
                 job.finish(&committed);
+            }
+            if self.log.is_full() && self.failed.is_none() {
+                self.next_segment();
             }
             self.collect_checkpoints();
             if self.freeze_due() {
@@ -277,6 +293,18 @@ impl Writer {
     }
 
     /// Drops every frozen table whose checkpoint has committed.
+    /// Moves the log to its next segment (the spare, if it is ready) and asks for the one
+    /// after. On failure it stays on the current segment, which then grows past its zeros.
+    fn next_segment(&mut self) {
+        let size = next_segment_size(&self.log, &self.tuning);
+        if let Err(e) = self.log.rotate(self.spares.take(), size) {
+            tracing::warn!(error = %e, "message store: cannot start a log segment; appending to the current one");
+            return;
+        }
+        self.spares
+            .request(next_segment_size(&self.log, &self.tuning));
+    }
+
     fn collect_checkpoints(&mut self) {
         while self.checkpoints.done.try_recv().is_ok() {
             self.drop_frozen();
@@ -328,26 +356,15 @@ impl Writer {
             }
             self.drop_frozen();
         }
-        if self.freeze() {
-            Ok(())
-        } else {
-            Err(Error::unavailable(
-                "message store: cannot start a checkpoint; try again later",
-            ))
-        }
+        self.freeze();
+        Ok(())
     }
 
-    /// Starts a new log segment, moves the active table to frozen and hands it to the
-    /// checkpoint thread; false if no segment could be started. Called only when nothing is
-    /// frozen.
-    fn freeze(&mut self) -> bool {
-        let through_generation = match self.log.rotate() {
-            Ok(generation) => generation,
-            Err(e) => {
-                tracing::warn!(error = %e, "message store: cannot start a log segment; checkpoint postponed");
-                return false;
-            }
-        };
+    /// Moves the active table to frozen and hands it to the checkpoint thread, with the
+    /// segments it may delete once committed: those before the one being appended to, which
+    /// hold nothing newer than the table. Called only when nothing is frozen.
+    fn freeze(&mut self) {
+        let through_generation = self.log.generation().saturating_sub(1);
         let table = {
             let mut tiers = self.tiers.write().unwrap_or_else(PoisonError::into_inner);
             let table = Arc::new(std::mem::take(&mut tiers.active));
@@ -364,13 +381,13 @@ impl Writer {
         if !matches!(sent, Some(Ok(()))) {
             tracing::error!("message store: checkpoint thread is gone; the log keeps the data");
         }
-        true
     }
 
     /// After the queue closed: lets a running checkpoint finish, stops the thread, and writes
     /// what is left straight into redb so the next open has nothing to replay. Anything that
     /// fails here stays in the log and is replayed on the next open.
     fn shut_down(&mut self) {
+        self.spares.stop(&self.log_base);
         self.checkpoints.closing.store(true, Ordering::SeqCst);
         let checkpointing = self
             .tiers
@@ -386,20 +403,29 @@ impl Writer {
             let _ = thread.join();
         }
         let tiers = self.tiers.read().unwrap_or_else(PoisonError::into_inner);
-        if tiers.frozen.is_some() || tiers.active.is_empty() {
+        if tiers.frozen.is_some() {
+            // The last checkpoint failed: the log keeps its table for the next open.
             return;
         }
-        match checkpoint::apply(&self.db, &tiers.active) {
-            Ok(()) => {
-                if let Err(e) = log::remove_through(&self.log_base, self.log.generation()) {
-                    tracing::warn!(error = %e, "message store: cannot delete checkpointed log segments");
-                }
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "message store: final checkpoint failed; the next open replays the log");
-            }
+        if !tiers.active.is_empty()
+            && let Err(e) = checkpoint::apply(&self.db, &tiers.active)
+        {
+            tracing::warn!(error = %e, "message store: final checkpoint failed; the next open replays the log");
+            return;
+        }
+        // Everything is in redb now, the current segment's frames included.
+        if let Err(e) = log::remove_through(&self.log_base, self.log.generation()) {
+            tracing::warn!(error = %e, "message store: cannot delete checkpointed log segments");
         }
     }
+}
+
+/// The size of the segment after `log`'s: twice its size, within the tuning's bounds.
+fn next_segment_size(log: &Log, tuning: &Tuning) -> u64 {
+    log.limit().saturating_mul(2).clamp(
+        tuning.first_segment,
+        tuning.max_segment.max(tuning.first_segment),
+    )
 }
 
 /// Runs every job of the batch against the view, in queue order.
