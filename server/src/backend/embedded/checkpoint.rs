@@ -83,7 +83,7 @@ fn raise_all<const N: usize>(
 }
 
 /// Starts the checkpoint thread. It applies each frozen table it receives, deletes the log
-/// segments it came from, and reports the generation back on `done`; a failed checkpoint is
+/// segments before the one the writer was appending to at the freeze, and reports the generation back on `done`; a failed checkpoint is
 /// retried every second (the data stays durable in the log meanwhile) until `closing` is
 /// set, after which one failure makes it give up and leave the segments for the next open
 /// to replay.

@@ -9,7 +9,8 @@
 //! (its size) on every sync, which cost ~40 % more CPU and time per sync on this project's
 //! machines (BENCHMARKS.md). When a segment's zeroed space is used up the writer moves to a
 //! spare that a helper thread has zeroed in the background (`<db file>.log.spare`, renamed to
-//! the next generation), each spare twice the size of the last up to [`MAX_SEGMENT`].
+//! the next generation), each spare twice the size of the last up to [`MAX_SEGMENT`]; if
+//! none is ready, to a new file that grows (slower syncs, nothing else changes).
 //! A segment therefore spans many checkpoints: once a checkpoint has committed in redb, the
 //! segments older than the one being appended to at its freeze are deleted. On open, every
 //! segment is replayed (merged in order into one [`Recent`]) and applied to redb in one
@@ -20,11 +21,12 @@
 //! `payload length (u32 LE) ++ CRC-32 of payload (u32 LE) ++ payload`, the payload one
 //! [`Recent`] encoded as five counted lists (see [`encode`]). A segment's frames are
 //! followed by the zeros not yet written over. A frame is synced before any of its jobs is
-//! answered, so only the last frame of a segment can be incomplete (a crash during its
-//! write, never acknowledged): replay ignores a last frame that is short or fails its CRC
-//! when nothing but zeros follows it, and says how many bytes it ignored. After a failed
-//! write or sync the writer appends nothing more to the segment (see `writer`: the store
-//! refuses writes until restarted), so a bad frame with other bytes after it is corruption,
+//! answered, and the writer moves to a new segment only after a successful append, so only
+//! the last frame of the newest written segment can be incomplete (a crash during its
+//! write, never acknowledged): replay ignores a frame that does not read when no valid
+//! frame follows it, in its segment or a later one, and says how many bytes it ignored.
+//! After a failed write or sync the writer appends nothing more (see `writer`: the store
+//! refuses writes until restarted), so a bad frame followed by a valid one is corruption,
 //! and opening fails rather than drop acknowledged writes silently.
 
 use std::{
@@ -32,7 +34,11 @@ use std::{
     io,
     os::unix::fs::FileExt,
     path::{Path, PathBuf},
-    sync::{Arc, mpsc},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+        mpsc,
+    },
     thread::JoinHandle,
 };
 
@@ -61,7 +67,7 @@ pub(super) const MAX_SEGMENT: u64 = 16 * 1024 * 1024;
 /// p99 of the appends' syncs 2.2 ms with 256 KiB chunks back to back, 2.0 with 64 KiB
 /// chunks, 0.37 with 64 KiB chunks 1 ms apart; 0.26–0.29 alone.
 const ZERO_CHUNK: usize = 64 * 1024;
-/// The pause between two chunks of zeros (at most ~50 MB/s of zeros: ten times the log's
+/// The pause between two chunks of zeros (under 64 MB/s of zeros: over ten times the log's
 /// rate at 20k msg/s).
 const ZERO_PAUSE: std::time::Duration = std::time::Duration::from_millis(1);
 
@@ -120,12 +126,27 @@ pub(super) fn replay(base: &Path) -> io::Result<Replayed> {
         last_generation: 0,
         ignored_bytes: 0,
     };
+    let corrupt = |path: &Path, offset: usize, why: &str| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!(
+                "{}: corrupt frame at byte {offset} ({why}); acknowledged writes would be lost \
+                 (move the file away to accept that)",
+                path.display()
+            ),
+        )
+    };
+    // Where a torn frame was found: only the newest written segment may end with one.
+    let mut torn_at: Option<(PathBuf, usize)> = None;
     for (generation, path) in segments(base)? {
         let bytes = fs::read(&path)?;
         let mut rest = bytes.as_slice();
         while !rest.is_empty() {
             match next_frame(rest) {
                 Some((frame, after)) => {
+                    if let Some((torn_path, offset)) = &torn_at {
+                        return Err(corrupt(torn_path, *offset, "a later segment has frames"));
+                    }
                     replayed.table.merge(frame);
                     rest = after;
                 }
@@ -135,18 +156,12 @@ pub(super) fn replay(base: &Path) -> io::Result<Replayed> {
                     if written.is_empty() {
                         break;
                     }
-                    if !is_torn_tail(written) {
-                        let offset = bytes.len() - rest.len();
-                        return Err(io::Error::new(
-                            io::ErrorKind::InvalidData,
-                            format!(
-                                "{}: corrupt frame at byte {offset} with more frames after it; \
-                                 acknowledged writes would be lost (move the file away to accept that)",
-                                path.display()
-                            ),
-                        ));
+                    let offset = bytes.len() - rest.len();
+                    if frame_starts_after(rest, written.len()) {
+                        return Err(corrupt(&path, offset, "a valid frame follows it"));
                     }
                     replayed.ignored_bytes += written.len() as u64;
+                    torn_at = Some((path.clone(), offset));
                     break;
                 }
             }
@@ -173,7 +188,11 @@ impl Log {
     /// appended to a segment before this returned), so it is overwritten.
     pub fn create(base: &Path, generation: u64, size: u64, zero_fill: bool) -> io::Result<Self> {
         let path = segment_path(base, generation);
-        let file = zero_filled(&path, if zero_fill { size } else { 0 })?;
+        let file = zero_filled(
+            &path,
+            if zero_fill { size } else { 0 },
+            &AtomicBool::new(false),
+        )?;
         sync_dir(&dir_and_prefix(base).0)?;
         Ok(Self {
             base: base.to_owned(),
@@ -260,6 +279,8 @@ impl Log {
 /// current one: [`SpareMaker::request`] one, [`SpareMaker::take`] it when ready.
 pub(super) struct SpareMaker {
     requests: Option<mpsc::SyncSender<u64>>,
+    /// Set by [`SpareMaker::stop`]: a fill in progress gives up at its next chunk.
+    stopping: Arc<AtomicBool>,
     ready: mpsc::Receiver<io::Result<Spare>>,
     /// A spare was requested and has not been taken yet.
     pending: bool,
@@ -276,11 +297,18 @@ impl SpareMaker {
         let (requests, requested) = mpsc::sync_channel::<u64>(1);
         let (made, ready) = mpsc::sync_channel(1);
         let path = spare_path(base);
+        let stopping = Arc::new(AtomicBool::new(false));
+        let stop = Arc::clone(&stopping);
         let thread = std::thread::Builder::new()
             .name("message-store-spare".to_owned())
             .spawn(move || {
                 for zeroed in requested.iter() {
-                    let spare = zero_filled(&path, zeroed).map(|file| Spare { file, zeroed });
+                    let spare =
+                        zero_filled(&path, zeroed, &stop).map(|file| Spare { file, zeroed });
+                    if spare.is_err() {
+                        // Not left to fill the disk: a partial spare is of no use.
+                        let _ = fs::remove_file(&path);
+                    }
                     if made.send(spare).is_err() {
                         return;
                     }
@@ -288,6 +316,7 @@ impl SpareMaker {
             })?;
         Ok(Self {
             requests: Some(requests),
+            stopping,
             ready,
             pending: false,
             thread: Some(thread),
@@ -322,6 +351,7 @@ impl SpareMaker {
     /// Stops the thread (after the spare it is making, if any) and deletes an untaken spare.
     /// At most one spare is in flight and its channel holds one, so the thread never blocks.
     pub fn stop(&mut self, base: &Path) {
+        self.stopping.store(true, Ordering::Relaxed);
         self.requests = None;
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
@@ -331,8 +361,9 @@ impl SpareMaker {
 }
 
 /// Creates (or truncates) `path` and fills it with `size` zero bytes, synced chunk by chunk
-/// (this thread sleeps between chunks: call it off the hot path).
-fn zero_filled(path: &Path, size: u64) -> io::Result<File> {
+/// (this thread sleeps between chunks: call it off the hot path); fails `Interrupted` once
+/// `stop` is set.
+fn zero_filled(path: &Path, size: u64, stop: &AtomicBool) -> io::Result<File> {
     let file = OpenOptions::new()
         .read(true)
         .write(true)
@@ -342,6 +373,9 @@ fn zero_filled(path: &Path, size: u64) -> io::Result<File> {
     let zeros = vec![0u8; ZERO_CHUNK];
     let mut offset = 0;
     while offset < size {
+        if stop.load(Ordering::Relaxed) {
+            return Err(io::Error::new(io::ErrorKind::Interrupted, "stopping"));
+        }
         let n = (size - offset).min(ZERO_CHUNK as u64);
         file.write_all_at(&zeros[..n as usize], offset)?;
         file.sync_data()?;
@@ -390,17 +424,16 @@ fn written_prefix(bytes: &[u8]) -> &[u8] {
     &bytes[..end]
 }
 
-/// Whether a frame that does not read is the tail of an interrupted write: it runs to the end
-/// of what was written (a write is never followed by another once it failed). A bad frame
-/// with written bytes after it is corruption.
-fn is_torn_tail(bytes: &[u8]) -> bool {
-    match bytes.get(..4) {
-        Some(length) => {
-            let length = u32::from_le_bytes([length[0], length[1], length[2], length[3]]) as usize;
-            length > MAX_FRAME || bytes.len() <= 8 + length
-        }
-        None => true,
-    }
+/// Whether a valid frame (length, CRC and contents) starts after the first byte of `rest`
+/// and within its first `written` bytes (the rest is zeros, where no frame starts; a frame
+/// may end there, its last bytes being zeros). `rest` begins with a frame that does not
+/// read. If no frame follows it, that frame is the
+/// torn tail of an interrupted write: the pages of one write may reach the disk in any
+/// order, so its header may read as zeros while a later page of it survived, and only a
+/// complete frame after it tells corruption apart. Runs only on replay after a crash; most
+/// offsets are rejected by their length field alone.
+fn frame_starts_after(rest: &[u8], written: usize) -> bool {
+    (1..written).any(|offset| next_frame(&rest[offset..]).is_some())
 }
 
 /// One frame from the front of `bytes` and what follows it; `None` if it is short, fails its
@@ -642,6 +675,60 @@ mod tests {
         let replayed = replay(&base).expect("replay");
         assert_eq!(replayed.table, sample(1));
         assert!(replayed.ignored_bytes > 0);
+    }
+
+    #[test]
+    fn a_torn_frame_whose_header_never_reached_the_disk_ends_replay() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let base = dir.path().join("m.redb");
+        let mut log = Log::create(&base, 2, 65536, true).expect("create");
+        log.append(&sample(1)).expect("append");
+        // A large last frame whose first page was lost (still zeros) and a later one kept.
+        log.file
+            .write_all_at(&[9; 300], log.written + 5000)
+            .expect("write");
+        let replayed = replay(&base).expect("a torn write is not corruption");
+        assert_eq!(replayed.table, sample(1));
+        assert_eq!(replayed.ignored_bytes, 5300);
+    }
+
+    #[test]
+    fn a_flipped_high_bit_in_a_frame_length_is_corruption() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let base = dir.path().join("m.redb");
+        let mut log = zeroed(&base, 7);
+        for n in 1..=3 {
+            log.append(&sample(n)).expect("append");
+        }
+        let path = segment_path(&base, 7);
+        let mut bytes = fs::read(&path).expect("read");
+        // The first frame now claims more than a gigabyte.
+        bytes[3] ^= 0x80;
+        fs::write(&path, &bytes).expect("write");
+        let error = replay(&base).err().expect("corruption is an error");
+        assert_eq!(error.kind(), io::ErrorKind::InvalidData);
+    }
+
+    #[test]
+    fn a_torn_frame_before_a_later_segment_with_frames_is_corruption() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let base = dir.path().join("m.redb");
+        let mut log = zeroed(&base, 1);
+        log.append(&sample(1)).expect("append");
+        log.append(&sample(2)).expect("append");
+        let path = segment_path(&base, 1);
+        let mut bytes = fs::read(&path).expect("read");
+        let last = usize::try_from(log.written).expect("small") - 1;
+        bytes[last] ^= 1;
+        fs::write(&path, &bytes).expect("write");
+        let mut next = zeroed(&base, 2);
+        next.append(&sample(3)).expect("append");
+        let error = replay(&base).err().expect("corruption is an error");
+        assert_eq!(error.kind(), io::ErrorKind::InvalidData);
+        // A later segment with nothing written (a spare renamed in, then the crash) is fine.
+        fs::remove_file(segment_path(&base, 2)).expect("remove");
+        zeroed(&base, 2);
+        assert_eq!(replay(&base).expect("replay").table, sample(1));
     }
 
     #[test]

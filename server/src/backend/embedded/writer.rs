@@ -292,7 +292,6 @@ impl Writer {
         Ok(())
     }
 
-    /// Drops every frozen table whose checkpoint has committed.
     /// Moves the log to its next segment (the spare, if it is ready) and asks for the one
     /// after. On failure it stays on the current segment, which then grows past its zeros.
     fn next_segment(&mut self) {
@@ -305,6 +304,7 @@ impl Writer {
             .request(next_segment_size(&self.log, &self.tuning));
     }
 
+    /// Drops every frozen table whose checkpoint has committed.
     fn collect_checkpoints(&mut self) {
         while self.checkpoints.done.try_recv().is_ok() {
             self.drop_frozen();
