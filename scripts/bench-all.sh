@@ -38,6 +38,7 @@ run a-pairs-ws pairs --transport ws --pairs 100 --in-flight 8 --seconds 10 --siz
 run b-latency-grpc latency --rate 20000 --pairs 100 --seconds 10
 run b-latency-ws latency --transport ws --rate 20000 --pairs 100 --seconds 10
 run b-latency-50k-grpc latency --rate 50000 --pairs 100 --seconds 10
+run b-latency-5k-grpc latency --rate 5000 --pairs 100 --seconds 10
 run c-idle-1000-grpc idle --sessions 1000
 run c-idle-15000-grpc idle --sessions 15000
 run c-idle-15000-ws idle --transport ws --sessions 15000
