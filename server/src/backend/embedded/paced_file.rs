@@ -1,16 +1,18 @@
-//! redb's file, with a checkpoint's writes sent to the disk in slices.
+//! redb's file, with the start of a checkpoint's writes sent to the disk in slices.
 //!
 //! A checkpoint commits a few MB of copied B-tree pages at once, then syncs. On a disk with a
 //! write-back cache a sync flushes the whole cache, so the log's next `fdatasync` (the hot
-//! path: every send waits for one) can wait behind all of them. Here every [`SLICE`] bytes
-//! written are synced before redb writes more, so a log sync that lands during a checkpoint
-//! waits behind one slice at most. Durability is unchanged: redb still ends each commit with
-//! its own `sync_data`; the extra syncs only make data durable earlier (redb's checksummed
-//! commit already recovers from any subset of a commit's pages reaching the disk). Side by
-//! side at 5,000 msg/s, 256 KiB slices without pauses lowered the p99 latency in each of 6
-//! alternating pairs, by ~12 %; with 64 KiB slices 1 ms apart, together with the log's
-//! zero-filled segments, by 25–45 % (BENCHMARKS.md). The cost: a commit of 4 MB sleeps
-//! 64 ms.
+//! path: every send waits for one) can wait behind all of them. Here the first
+//! [`PACED_BYTES`] of each commit are synced every [`SLICE`] bytes with a pause after each,
+//! so a log sync that lands during a usual checkpoint (~2 MB at 20k msg/s) waits behind one
+//! slice at most. Beyond that the commit goes at full speed: a larger one means the
+//! checkpoints are behind, and pacing all of it held a 30 MB checkpoint long enough for the
+//! writer to stop at its memory bound (a 0.8 s stall in scenario (a), BENCHMARKS.md).
+//! Durability is unchanged: redb still ends each commit with its own `sync_data`; the extra
+//! syncs only make data durable earlier (redb's checksummed commit already recovers from any
+//! subset of a commit's pages reaching the disk). Side by side at 5,000 msg/s, 256 KiB
+//! slices without pauses lowered the p99 latency in each of 6 alternating pairs, by ~12 %;
+//! with 64 KiB slices 1 ms apart, together with the log's zero-filled segments, by 25–45 %.
 
 use std::{
     fs::File,
@@ -24,16 +26,20 @@ use rustix::fs::FlockOperation;
 
 /// Bytes written between two syncs...
 const SLICE: u64 = 64 * 1024;
-/// ... and the pause after each of those syncs, which lets the log's syncs through.
+/// ... and the pause after each of those syncs, which lets the log's syncs through...
 const PAUSE: std::time::Duration = std::time::Duration::from_millis(1);
+/// ... for this many bytes of each commit (at most 32 pauses).
+const PACED_BYTES: u64 = 2 * 1024 * 1024;
 
 /// The database file: what redb's own `FileBackend` does (an exclusive `flock`, positioned
-/// reads and writes, `fdatasync`), plus a sync every [`SLICE`] bytes written.
+/// reads and writes, `fdatasync`), plus paced syncs at the start of each commit.
 #[derive(Debug)]
 pub(super) struct PacedFile {
     file: File,
     /// Bytes written since the last sync.
     unsynced: AtomicU64,
+    /// Bytes written since redb's last own sync (the end of the previous commit).
+    since_commit: AtomicU64,
 }
 
 impl PacedFile {
@@ -48,6 +54,7 @@ impl PacedFile {
         Ok(Self {
             file,
             unsynced: AtomicU64::new(0),
+            since_commit: AtomicU64::new(0),
         })
     }
 }
@@ -69,12 +76,18 @@ impl StorageBackend for PacedFile {
 
     fn sync_data(&self, _eventual: bool) -> io::Result<()> {
         self.unsynced.store(0, Ordering::Relaxed);
+        self.since_commit.store(0, Ordering::Relaxed);
         self.file.sync_data()
     }
 
     fn write(&self, offset: u64, data: &[u8]) -> io::Result<()> {
         self.file.write_all_at(data, offset)?;
         let written = data.len() as u64;
+        // redb writes from one thread at a time (its write buffer's lock): plain loads and
+        // stores of the counters are enough.
+        if self.since_commit.fetch_add(written, Ordering::Relaxed) >= PACED_BYTES {
+            return Ok(());
+        }
         if self.unsynced.fetch_add(written, Ordering::Relaxed) + written >= SLICE {
             self.unsynced.store(0, Ordering::Relaxed);
             self.file.sync_data()?;
