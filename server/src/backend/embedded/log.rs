@@ -576,6 +576,28 @@ mod tests {
         Log::create(base, generation, 4096, true).expect("create")
     }
 
+    /// A zeroed segment holding one frame per sample in `samples`.
+    fn segment_of(base: &Path, generation: u64, samples: std::ops::RangeInclusive<u8>) -> Log {
+        let mut log = zeroed(base, generation);
+        for n in samples {
+            log.append(&sample(n)).expect("append");
+        }
+        log
+    }
+
+    /// Flips the bits of `mask` in byte `at` of segment `generation`, as a disk might.
+    fn flip(base: &Path, generation: u64, at: usize, mask: u8) {
+        let path = segment_path(base, generation);
+        let mut bytes = fs::read(&path).expect("read");
+        bytes[at] ^= mask;
+        fs::write(&path, &bytes).expect("write");
+    }
+
+    /// The offset of the last byte of `log`'s last frame.
+    fn last_byte(log: &Log) -> usize {
+        usize::try_from(log.written).expect("small") - 1
+    }
+
     #[test]
     fn replay_merges_segments_and_stops_at_a_torn_frame() {
         let dir = tempfile::tempdir().expect("temp dir");
@@ -648,14 +670,8 @@ mod tests {
     fn a_corrupt_frame_followed_by_others_fails_the_replay() {
         let dir = tempfile::tempdir().expect("temp dir");
         let base = dir.path().join("m.redb");
-        let mut log = zeroed(&base, 7);
-        for n in 1..=3 {
-            log.append(&sample(n)).expect("append");
-        }
-        let path = segment_path(&base, 7);
-        let mut bytes = fs::read(&path).expect("read");
-        bytes[20] ^= 1;
-        fs::write(&path, &bytes).expect("write");
+        segment_of(&base, 7, 1..=3);
+        flip(&base, 7, 20, 1);
         let error = replay(&base).err().expect("corruption is an error");
         assert_eq!(error.kind(), io::ErrorKind::InvalidData);
     }
@@ -664,14 +680,8 @@ mod tests {
     fn a_flipped_bit_in_the_last_frame_ends_replay() {
         let dir = tempfile::tempdir().expect("temp dir");
         let base = dir.path().join("m.redb");
-        let mut log = zeroed(&base, 7);
-        log.append(&sample(1)).expect("append");
-        log.append(&sample(2)).expect("append");
-        let path = segment_path(&base, 7);
-        let mut bytes = fs::read(&path).expect("read");
-        let last = usize::try_from(log.written).expect("small") - 1;
-        bytes[last] ^= 1;
-        fs::write(&path, &bytes).expect("write");
+        let log = segment_of(&base, 7, 1..=2);
+        flip(&base, 7, last_byte(&log), 1);
         let replayed = replay(&base).expect("replay");
         assert_eq!(replayed.table, sample(1));
         assert!(replayed.ignored_bytes > 0);
@@ -696,15 +706,9 @@ mod tests {
     fn a_flipped_high_bit_in_a_frame_length_is_corruption() {
         let dir = tempfile::tempdir().expect("temp dir");
         let base = dir.path().join("m.redb");
-        let mut log = zeroed(&base, 7);
-        for n in 1..=3 {
-            log.append(&sample(n)).expect("append");
-        }
-        let path = segment_path(&base, 7);
-        let mut bytes = fs::read(&path).expect("read");
+        segment_of(&base, 7, 1..=3);
         // The first frame now claims more than a gigabyte.
-        bytes[3] ^= 0x80;
-        fs::write(&path, &bytes).expect("write");
+        flip(&base, 7, 3, 0x80);
         let error = replay(&base).err().expect("corruption is an error");
         assert_eq!(error.kind(), io::ErrorKind::InvalidData);
     }
@@ -713,16 +717,9 @@ mod tests {
     fn a_torn_frame_before_a_later_segment_with_frames_is_corruption() {
         let dir = tempfile::tempdir().expect("temp dir");
         let base = dir.path().join("m.redb");
-        let mut log = zeroed(&base, 1);
-        log.append(&sample(1)).expect("append");
-        log.append(&sample(2)).expect("append");
-        let path = segment_path(&base, 1);
-        let mut bytes = fs::read(&path).expect("read");
-        let last = usize::try_from(log.written).expect("small") - 1;
-        bytes[last] ^= 1;
-        fs::write(&path, &bytes).expect("write");
-        let mut next = zeroed(&base, 2);
-        next.append(&sample(3)).expect("append");
+        let log = segment_of(&base, 1, 1..=2);
+        flip(&base, 1, last_byte(&log), 1);
+        segment_of(&base, 2, 3..=3);
         let error = replay(&base).err().expect("corruption is an error");
         assert_eq!(error.kind(), io::ErrorKind::InvalidData);
         // A later segment with nothing written (a spare renamed in, then the crash) is fine.
