@@ -593,6 +593,12 @@ mod tests {
         fs::write(&path, &bytes).expect("write");
     }
 
+    /// Replay refuses the segments next to `base` as corrupt.
+    fn assert_corrupt(base: &Path) {
+        let error = replay(base).err().expect("corruption is an error");
+        assert_eq!(error.kind(), io::ErrorKind::InvalidData);
+    }
+
     /// The offset of the last byte of `log`'s last frame.
     fn last_byte(log: &Log) -> usize {
         usize::try_from(log.written).expect("small") - 1
@@ -672,8 +678,7 @@ mod tests {
         let base = dir.path().join("m.redb");
         segment_of(&base, 7, 1..=3);
         flip(&base, 7, 20, 1);
-        let error = replay(&base).err().expect("corruption is an error");
-        assert_eq!(error.kind(), io::ErrorKind::InvalidData);
+        assert_corrupt(&base);
     }
 
     #[test]
@@ -709,8 +714,7 @@ mod tests {
         segment_of(&base, 7, 1..=3);
         // The first frame now claims more than a gigabyte.
         flip(&base, 7, 3, 0x80);
-        let error = replay(&base).err().expect("corruption is an error");
-        assert_eq!(error.kind(), io::ErrorKind::InvalidData);
+        assert_corrupt(&base);
     }
 
     #[test]
@@ -720,8 +724,7 @@ mod tests {
         let log = segment_of(&base, 1, 1..=2);
         flip(&base, 1, last_byte(&log), 1);
         segment_of(&base, 2, 3..=3);
-        let error = replay(&base).err().expect("corruption is an error");
-        assert_eq!(error.kind(), io::ErrorKind::InvalidData);
+        assert_corrupt(&base);
         // A later segment with nothing written (a spare renamed in, then the crash) is fine.
         fs::remove_file(segment_path(&base, 2)).expect("remove");
         zeroed(&base, 2);
