@@ -24,6 +24,7 @@ mod relay;
 mod report;
 mod rss;
 mod scenario;
+mod server_metrics;
 mod session;
 mod target;
 

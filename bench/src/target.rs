@@ -30,10 +30,12 @@ use tokio::{
 use crate::session::{Dial, Transport};
 
 /// chatd flags for a load run: lift the per-user limits a load generator hits at once, and
-/// put the embedded gateway on a free port (its default, 8080, may be taken by another
-/// chatd on the same machine).
+/// put the embedded gateway (its default, 8080, may be taken by another chatd on the same
+/// machine) and the metrics endpoint (read by `server_metrics`) on free ports.
 pub const CHATD_FLAGS: &[&str] = &[
     "--gateway-listen",
+    "127.0.0.1:0",
+    "--metrics-listen",
     "127.0.0.1:0",
     "--send-rate",
     "1000000",
@@ -82,6 +84,8 @@ pub struct Target {
     pub url: String,
     /// Its WebSocket session URL (`ws://host:port/v1/ws`), when known.
     pub ws_url: Option<String>,
+    /// Its Prometheus endpoint (chatd started by this tool only).
+    pub metrics: Option<SocketAddr>,
     child: Option<Child>,
     _data_dir: Option<tempfile::TempDir>,
 }
@@ -116,16 +120,17 @@ impl Target {
                 std::env::var("CHATD_LOG").unwrap_or("info".into()),
             )
             .env("NO_COLOR", "1");
+        // The lines of server/src/app.rs: serving, metrics and `spawn_gateway`.
         let markers: &[&str] = match transport {
-            Transport::Grpc => &["chatd serving"],
-            // The line of server/src/app.rs `spawn_gateway`.
-            Transport::Ws => &["chatd serving", "gateway listening"],
+            Transport::Grpc => &["chatd serving", "metrics listening"],
+            Transport::Ws => &["chatd serving", "metrics listening", "gateway listening"],
         };
         let (child, addrs) = spawn_serving(command, "chatd", markers).await?;
         Ok(Self {
             kind: Kind::Daehwa,
             url: format!("http://{}", addrs[0]),
-            ws_url: addrs.get(1).map(|a| format!("ws://{a}/v1/ws")),
+            metrics: Some(addrs[1]),
+            ws_url: addrs.get(2).map(|a| format!("ws://{a}/v1/ws")),
             child: Some(child),
             _data_dir: Some(dir),
         })
@@ -149,6 +154,7 @@ impl Target {
             kind: Kind::Relay,
             url: format!("http://{}", addrs[0]),
             ws_url: Some(format!("ws://{}/v1/ws", addrs[1])),
+            metrics: None,
             child: Some(child),
             _data_dir: None,
         })
@@ -161,6 +167,7 @@ impl Target {
             kind: Kind::Daehwa,
             url: url.trim_end_matches('/').to_owned(),
             ws_url: ws_url.map(str::to_owned),
+            metrics: None,
             child: None,
             _data_dir: None,
         }

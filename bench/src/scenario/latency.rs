@@ -22,6 +22,7 @@ use crate::{
     load::{Clock, send_event, stamped_text},
     progress,
     report::{Check, CpuWindow, Figure, Run},
+    server_metrics::MetricsWindow,
     session::{Inbound, Transport},
     target::Target,
 };
@@ -91,6 +92,7 @@ pub async fn run(target: &Target, ctx: &Ctx, p: &Params) -> anyhow::Result<Run> 
         });
     }
     let cpu = CpuWindow::start(target.pid());
+    let server = MetricsWindow::start(target.metrics).await?;
     let start_ns = ctx.clock.now_ns() + LEAD.as_nanos() as u64;
     let pacer = Pacer {
         lanes,
@@ -130,6 +132,7 @@ pub async fn run(target: &Target, ctx: &Ctx, p: &Params) -> anyhow::Result<Run> 
     ];
     figures.extend(totals.latency.figures("latency", "latency (from due time)"));
     figures.extend(cpu.figures(target.pid(), seconds, totals.check.delivered));
+    figures.extend(server.figures().await?);
     Ok(Run {
         figures,
         check: totals.check,
