@@ -140,8 +140,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let load_before = rss::load_average();
     let mut report = match &cli.command {
         Command::RelayServer { listen, ws_listen } => {
-            let grpc = tokio::net::TcpListener::bind(listen).await?;
-            let ws = tokio::net::TcpListener::bind(ws_listen).await?;
+            // The same accept queue as chatd's listeners, so connect storms compare stacks.
+            let grpc = daehwa_gateway::listen::bind(*listen)?;
+            let ws = daehwa_gateway::listen::bind(*ws_listen)?;
             // The lines `Target::relay` waits for.
             eprintln!("{} addr={}", target::RELAY_GRPC_LINE, grpc.local_addr()?);
             eprintln!("{} addr={}", target::RELAY_WS_LINE, ws.local_addr()?);

@@ -20,6 +20,7 @@
 
 pub mod grpc_web;
 pub mod json;
+pub mod listen;
 pub mod poll;
 pub mod port;
 pub mod registry;

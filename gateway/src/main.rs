@@ -9,10 +9,7 @@ use daehwa_gateway::{
     GatewayConfig,
     remote::{ChatServers, RemotePort, UpstreamProxy},
 };
-use tokio::{
-    net::TcpListener,
-    signal::unix::{SignalKind, signal},
-};
+use tokio::signal::unix::{SignalKind, signal};
 use tonic::transport::Endpoint;
 use tracing_subscriber::{EnvFilter, fmt};
 
@@ -78,8 +75,7 @@ async fn main() -> anyhow::Result<()> {
         UpstreamProxy::new(servers),
         &config,
     );
-    let listener = TcpListener::bind(flags.listen)
-        .await
+    let listener = daehwa_gateway::listen::bind(flags.listen)
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", flags.listen))?;
     tracing::info!(addr = %listener.local_addr()?, %upstream, "chat-gateway listening");
     let mut terminate = signal(SignalKind::terminate())?;

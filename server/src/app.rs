@@ -149,8 +149,7 @@ pub async fn run(
     }
     let gateway_listener = match config.gateway_listen {
         Some(addr) => Some(
-            TcpListener::bind(addr)
-                .await
+            daehwa_gateway::listen::bind(addr)
                 .with_context(|| format!("cannot listen on {addr} for the gateway"))?,
         ),
         None => None,

@@ -2,10 +2,7 @@
 //! SIGTERM, then shuts down gracefully (streams are told, nothing acknowledged is lost).
 
 use daehwa_server::{Config, run};
-use tokio::{
-    net::TcpListener,
-    signal::unix::{SignalKind, signal},
-};
+use tokio::signal::unix::{SignalKind, signal};
 use tracing_subscriber::{EnvFilter, fmt};
 
 #[tokio::main]
@@ -22,8 +19,7 @@ async fn main() -> anyhow::Result<()> {
             std::process::exit(2);
         }
     };
-    let listener = TcpListener::bind(config.listen)
-        .await
+    let listener = daehwa_gateway::listen::bind(config.listen)
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
     let mut terminate = signal(SignalKind::terminate())?;
     let shutdown = async move {
