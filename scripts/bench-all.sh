@@ -39,6 +39,7 @@ run b-latency-grpc latency --rate 20000 --pairs 100 --seconds 10
 run b-latency-ws latency --transport ws --rate 20000 --pairs 100 --seconds 10
 run b-latency-50k-grpc latency --rate 50000 --pairs 100 --seconds 10
 run b-latency-5k-grpc latency --rate 5000 --pairs 100 --seconds 10
+run b-latency-10k-grpc latency --rate 10000 --pairs 100 --seconds 10
 run c-idle-1000-grpc idle --sessions 1000
 run c-idle-15000-grpc idle --sessions 15000
 run c-idle-15000-ws idle --transport ws --sessions 15000
