@@ -15,6 +15,7 @@
 //! - `scenario`: one module per scenario (pairs, latency, idle, catchup, storm, fanout).
 //! - `report`: HDR histograms, the table and the JSON summary.
 //! - `rss`: resident memory and CPU time of a process, and the load average, from /proc.
+//! - `server_metrics`: chatd's own histograms over a measured window, from its `/metrics`.
 //!
 //! The relay runs first and is stopped before chatd starts, so the two never share the CPU;
 //! each scenario's users are set up before its clock starts.

@@ -5,7 +5,7 @@
 //! Each target has a gRPC URL (set-up calls always use it) and, for WebSocket sessions, a
 //! `ws://HOST:PORT/v1/ws` URL: chatd's from its "gateway listening" log line (the embedded
 //! gateway), the relay's from its "relay ws serving" line, an external server's from
-//! `--ws-url`.
+//! `--ws-url`. A chatd child also has its metrics address, from its "metrics listening" line.
 //!
 //! Children log to pipes that are drained for the whole run (a full pipe would stall them);
 //! warnings and errors are echoed on stderr, and the last lines are kept to explain a

@@ -79,14 +79,14 @@ fn latency() {
     assert_eq!(s["daehwa"]["check"]["acked"], 100, "{s:#}");
     assert_eq!(s["ceiling"]["check"]["acked"], 100, "{s:#}");
     // chatd's own view of the window, scraped from its metrics endpoint; the relay has none.
-    let store_mean = s["daehwa"]["figures"]["chatd_store_mean_ms"].as_f64();
+    let store_mean = s["daehwa"]["figures"]["chatd_store_wait_mean_ms"].as_f64();
     assert!(store_mean.is_some_and(|ms| ms > 0.0), "{s:#}");
     assert!(
         s["daehwa"]["figures"]["chatd_to_recipient_mean_ms"].is_number(),
         "{s:#}"
     );
     assert!(
-        s["ceiling"]["figures"]["chatd_store_mean_ms"].is_null(),
+        s["ceiling"]["figures"]["chatd_store_wait_mean_ms"].is_null(),
         "{s:#}"
     );
 }

@@ -17,6 +17,8 @@
 //! - [`json`]: the proto3 JSON mapping of chat.v1 messages.
 //! - [`grpc_web`]: gRPC-web translation and CORS in front of tonic routes.
 //! - [`remote`]: the standalone gateway's port and proxy to an upstream chat server.
+//! - [`listen`]: listening sockets with a deep accept queue (also chatd's and the
+//!   benchmark relay's).
 
 pub mod grpc_web;
 pub mod json;

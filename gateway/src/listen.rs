@@ -1,5 +1,6 @@
-//! Listening sockets with a deep accept queue, for every listener of chatd, the standalone
-//! gateway and the benchmark's relay.
+//! Listening sockets with a deep accept queue, for the listeners clients connect to: chatd's
+//! gRPC and embedded gateway ports, the standalone gateway's, and the benchmark's relay
+//! (so its ceiling has the same queue). The metrics port keeps tokio's default.
 //!
 //! `tokio::net::TcpListener::bind` asks for a backlog of 1,024. When thousands of clients
 //! connect at once (a reconnect storm after a restart or a network blip), connections beyond
@@ -14,8 +15,8 @@ use tokio::net::{TcpListener, TcpSocket};
 /// The accept queue asked for (capped by the kernel at `net.core.somaxconn`).
 pub const BACKLOG: u32 = 8192;
 
-/// Binds `addr` as `TcpListener::bind` does (address reuse on Unix, so a restart does not
-/// wait for old connections' TIME_WAIT) but with a [`BACKLOG`]-deep accept queue.
+/// Binds `addr` with address reuse (as `TcpListener::bind` does on Unix, so a restart does
+/// not wait for old connections' TIME_WAIT) and a [`BACKLOG`]-deep accept queue.
 pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
     let socket = if addr.is_ipv4() {
         TcpSocket::new_v4()?

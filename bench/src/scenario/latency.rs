@@ -92,7 +92,7 @@ pub async fn run(target: &Target, ctx: &Ctx, p: &Params) -> anyhow::Result<Run> 
         });
     }
     let cpu = CpuWindow::start(target.pid());
-    let server = MetricsWindow::start(target.metrics).await?;
+    let server = MetricsWindow::start(target.metrics).await;
     let start_ns = ctx.clock.now_ns() + LEAD.as_nanos() as u64;
     let pacer = Pacer {
         lanes,
@@ -132,7 +132,7 @@ pub async fn run(target: &Target, ctx: &Ctx, p: &Params) -> anyhow::Result<Run> 
     ];
     figures.extend(totals.latency.figures("latency", "latency (from due time)"));
     figures.extend(cpu.figures(target.pid(), seconds, totals.check.delivered));
-    figures.extend(server.figures().await?);
+    figures.extend(server.figures().await);
     Ok(Run {
         figures,
         check: totals.check,

@@ -269,7 +269,7 @@ pub async fn run(target: &Target, ctx: &Ctx, p: &Params) -> anyhow::Result<Run> 
         p.in_flight
     );
     let cpu = CpuWindow::start(target.pid());
-    let server = MetricsWindow::start(target.metrics).await?;
+    let server = MetricsWindow::start(target.metrics).await;
     let start_ns = ctx.clock.now_ns();
     let stop_at = Instant::now() + Duration::from_secs_f64(p.seconds);
     let mut senders = Vec::with_capacity(pairs.len());
@@ -308,7 +308,7 @@ pub async fn run(target: &Target, ctx: &Ctx, p: &Params) -> anyhow::Result<Run> 
     )];
     figures.extend(totals.latency.figures("latency", "latency"));
     figures.extend(cpu.figures(target.pid(), seconds, totals.check.delivered));
-    figures.extend(server.figures().await?);
+    figures.extend(server.figures().await);
     Ok(Run {
         figures,
         check: totals.check,
