@@ -132,7 +132,7 @@ impl CpuWindow {
     }
 
     /// Figures for a window of `seconds` that moved `messages`: cores used by the server and
-    /// by the load generator, and server CPU µs per message.
+    /// by the load generator, and each one's CPU µs per message.
     pub fn figures(&self, server_pid: Option<u32>, seconds: f64, messages: u64) -> Vec<Figure> {
         let mut figures = Vec::new();
         let seconds = seconds.max(1e-9);
@@ -155,11 +155,19 @@ impl CpuWindow {
         }
         if let (Some(before), Some(after)) = (self.own, crate::rss::cpu_seconds(std::process::id()))
         {
+            let used = after - before;
             figures.push(Figure::new(
                 "bench_cpu_cores",
                 "load generator CPU cores",
-                (after - before) / seconds,
+                used / seconds,
             ));
+            if messages > 0 {
+                figures.push(Figure::new(
+                    "bench_cpu_us_per_msg",
+                    "load generator CPU us/msg",
+                    used * 1e6 / messages as f64,
+                ));
+            }
         }
         figures
     }

@@ -104,6 +104,15 @@ fn fanout() {
     let s = bench(&["fanout", "--members", "5", "--messages", "2"]);
     assert_eq!(s["daehwa"]["check"]["delivered"], 10, "{s:#}");
     assert_eq!(s["ceiling"]["check"]["delivered"], 10, "{s:#}");
+    // CPU per delivery of both processes, over the messages only.
+    for who in ["daehwa", "ceiling"] {
+        for figure in ["server_cpu_us_per_msg", "bench_cpu_us_per_msg"] {
+            assert!(
+                s[who]["figures"][figure].is_number(),
+                "{who} {figure}: {s:#}"
+            );
+        }
+    }
 }
 
 #[test]

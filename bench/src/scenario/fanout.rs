@@ -26,7 +26,7 @@ use super::Ctx;
 use crate::{
     load::{self, Bearer, Clock, Identity, SeqLedger, send_event, stamp_of, stamped_text},
     progress,
-    report::{Check, Figure, Latency, Run},
+    report::{Check, CpuWindow, Figure, Latency, Run},
     session::{self, Session, Transport},
     target::{Kind, Target},
 };
@@ -222,6 +222,9 @@ pub async fn run(target: &Target, ctx: &Ctx, p: &Params) -> anyhow::Result<Run> 
     let mut acks = Latency::new();
     let mut acked = Vec::new();
     let mut counts: HashMap<u64, (u64, u64)> = HashMap::new();
+    // CPU over the messages only (set-up excluded; the pauses between messages are idle).
+    let cpu = CpuWindow::start(target.pid());
+    let window_start = Instant::now();
     for k in 0..p.messages {
         progress!("fanout", target, "message {}/{}", k + 1, p.messages);
         let sent_ns = ctx.clock.now_ns();
@@ -279,6 +282,11 @@ pub async fn run(target: &Target, ctx: &Ctx, p: &Params) -> anyhow::Result<Run> 
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 
+    let cpu_figures = cpu.figures(
+        target.pid(),
+        window_start.elapsed().as_secs_f64(),
+        counts.values().map(|c| c.0).sum(),
+    );
     let _ = stop_tx.send(true);
     acked.sort_unstable();
     check.acked = acked.len() as u64;
@@ -313,6 +321,7 @@ pub async fn run(target: &Target, ctx: &Ctx, p: &Params) -> anyhow::Result<Run> 
         ));
     }
     figures.extend(all.figures("delivery", "any delivery"));
+    figures.extend(cpu_figures);
     Ok(Run {
         figures,
         check,
