@@ -134,37 +134,36 @@ impl CpuWindow {
     /// Figures for a window of `seconds` that moved `messages`: cores used by the server and
     /// by the load generator, and each one's CPU µs per message.
     pub fn figures(&self, server_pid: Option<u32>, seconds: f64, messages: u64) -> Vec<Figure> {
-        let mut figures = Vec::new();
         let seconds = seconds.max(1e-9);
-        if let (Some(before), Some(after)) =
-            (self.server, server_pid.and_then(crate::rss::cpu_seconds))
-        {
+        let windows = [
+            (
+                "server",
+                "server",
+                self.server,
+                server_pid.and_then(crate::rss::cpu_seconds),
+            ),
+            (
+                "bench",
+                "load generator",
+                self.own,
+                crate::rss::cpu_seconds(std::process::id()),
+            ),
+        ];
+        let mut figures = Vec::new();
+        for (key, label, before, after) in windows {
+            let (Some(before), Some(after)) = (before, after) else {
+                continue;
+            };
             let used = after - before;
             figures.push(Figure::new(
-                "server_cpu_cores",
-                "server CPU cores",
+                format!("{key}_cpu_cores"),
+                format!("{label} CPU cores"),
                 used / seconds,
             ));
             if messages > 0 {
                 figures.push(Figure::new(
-                    "server_cpu_us_per_msg",
-                    "server CPU us/msg",
-                    used * 1e6 / messages as f64,
-                ));
-            }
-        }
-        if let (Some(before), Some(after)) = (self.own, crate::rss::cpu_seconds(std::process::id()))
-        {
-            let used = after - before;
-            figures.push(Figure::new(
-                "bench_cpu_cores",
-                "load generator CPU cores",
-                used / seconds,
-            ));
-            if messages > 0 {
-                figures.push(Figure::new(
-                    "bench_cpu_us_per_msg",
-                    "load generator CPU us/msg",
+                    format!("{key}_cpu_us_per_msg"),
+                    format!("{label} CPU us/msg"),
                     used * 1e6 / messages as f64,
                 ));
             }
