@@ -88,7 +88,7 @@ impl PresenceRpc for PresenceApi {
                 biased;
                 () = closing.cancelled() => Some((Err(Status::unavailable("server shutting down: reconnect")), None)),
                 () = too_slow.cancelled() => Some((Err(Status::resource_exhausted("presence stream closed: too slow; reconnect")), None)),
-                event = handle.events.recv() => event.map(|e| (Ok(e), Some(handle))),
+                event = handle.next() => event.map(|e| (Ok(e), Some(handle))),
             }
         });
         Ok(Response::new(Box::pin(stream)))

@@ -13,7 +13,7 @@
 //! users have streams on this server (the routes messages follow).
 
 use std::{
-    collections::{HashMap, HashSet},
+    collections::{HashMap, HashSet, VecDeque},
     sync::{
         Arc, Mutex,
         atomic::{AtomicU64, Ordering},
@@ -114,12 +114,39 @@ pub struct WatchHandle {
     service: Arc<PresenceService>,
     watcher: UserId,
     id: u64,
-    /// Events for this watcher.
-    pub events: mpsc::Receiver<PresenceEvent>,
+    /// Changes for this watcher, queued from the moment it was registered.
+    events: mpsc::Receiver<PresenceEvent>,
+    /// The current state of each watched friend, sent before any change.
+    initial: VecDeque<PresenceEvent>,
+    /// The current state as sent, by user, until that user's first different event: a
+    /// change already in the snapshot can still be queued behind it (its fan-out had not
+    /// run yet), and the watcher must not hear it twice.
+    in_snapshot: HashMap<u64, PresenceEvent>,
     /// Cancelled when the watcher fell too far behind.
     pub too_slow: CancellationToken,
     /// Cancelled when the server shuts down.
     pub closing: CancellationToken,
+}
+
+impl WatchHandle {
+    /// The next event: the current states first, then each change (a repeat of a state
+    /// already sent in the snapshot is skipped). `None` once the service dropped the watcher.
+    pub async fn next(&mut self) -> Option<PresenceEvent> {
+        if let Some(event) = self.initial.pop_front() {
+            return Some(event);
+        }
+        loop {
+            let event = self.events.recv().await?;
+            match self.in_snapshot.get(&event.user_id) {
+                Some(sent) if *sent == event => continue,
+                Some(_) => {
+                    self.in_snapshot.remove(&event.user_id);
+                }
+                None => {}
+            }
+            return Some(event);
+        }
+    }
 }
 
 impl Drop for WatchHandle {
@@ -311,18 +338,18 @@ impl PresenceService {
             mine.push(Watcher {
                 id,
                 only,
-                tx: tx.clone(),
+                tx,
                 too_slow: too_slow.clone(),
             });
         }
-        for event in initial {
-            let _ = tx.try_send(event);
-        }
+        let in_snapshot = initial.iter().map(|e| (e.user_id, *e)).collect();
         Ok(WatchHandle {
             service: self.clone(),
             watcher: viewer,
             id,
             events,
+            initial: initial.into(),
+            in_snapshot,
             too_slow,
             closing: self.closing.clone(),
         })

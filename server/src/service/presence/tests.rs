@@ -6,7 +6,7 @@ use std::{sync::Arc, time::Duration};
 use daehwa::v1::{PresenceEvent, PresenceStatus};
 use tokio_util::sync::CancellationToken;
 
-use super::{PresenceService, PresenceSettings};
+use super::{PresenceService, PresenceSettings, WatchHandle};
 use crate::{
     backend::{
         Directory,
@@ -174,8 +174,8 @@ async fn fixture() -> Fixture {
 }
 
 /// The next presence event for a watcher, on the paused clock (time jumps to it).
-async fn next(events: &mut tokio::sync::mpsc::Receiver<PresenceEvent>) -> (u64, PresenceStatus) {
-    let event = tokio::time::timeout(Duration::from_secs(3600), events.recv())
+async fn next(watch: &mut WatchHandle) -> (u64, PresenceStatus) {
+    let event = tokio::time::timeout(Duration::from_secs(3600), watch.next())
         .await
         .expect("an event")
         .expect("open");
@@ -187,15 +187,12 @@ async fn silence_for_offline_after_goes_offline_and_heartbeats_keep_online() {
     let f = fixture().await;
     let mut watch = f.presence.watch(f.bob, &[]).await.unwrap();
     assert_eq!(
-        next(&mut watch.events).await,
+        next(&mut watch).await,
         (f.alice.0, PresenceStatus::Offline),
         "initial state"
     );
     f.presence.touch(f.alice);
-    assert_eq!(
-        next(&mut watch.events).await,
-        (f.alice.0, PresenceStatus::Online)
-    );
+    assert_eq!(next(&mut watch).await, (f.alice.0, PresenceStatus::Online));
     let start = tokio::time::Instant::now();
     for _ in 0..20 {
         tokio::time::sleep(HEARTBEAT).await;
@@ -205,10 +202,7 @@ async fn silence_for_offline_after_goes_offline_and_heartbeats_keep_online() {
         watch.events.try_recv().is_err(),
         "no flap while heartbeats continue"
     );
-    assert_eq!(
-        next(&mut watch.events).await,
-        (f.alice.0, PresenceStatus::Offline)
-    );
+    assert_eq!(next(&mut watch).await, (f.alice.0, PresenceStatus::Offline));
     let silent = tokio::time::Instant::now() - start - HEARTBEAT * 20;
     assert!(
         silent >= OFFLINE_AFTER && silent < OFFLINE_AFTER + Duration::from_secs(10),
@@ -220,12 +214,9 @@ async fn silence_for_offline_after_goes_offline_and_heartbeats_keep_online() {
 async fn a_reconnect_within_the_grace_does_not_flap_but_staying_away_goes_offline() {
     let f = fixture().await;
     let mut watch = f.presence.watch(f.bob, &[f.alice]).await.unwrap();
-    assert_eq!(next(&mut watch.events).await.1, PresenceStatus::Offline);
+    assert_eq!(next(&mut watch).await.1, PresenceStatus::Offline);
     let (first, _rx) = f.hub.register(f.alice, DeviceId(1), ready()).unwrap();
-    assert_eq!(
-        next(&mut watch.events).await,
-        (f.alice.0, PresenceStatus::Online)
-    );
+    assert_eq!(next(&mut watch).await, (f.alice.0, PresenceStatus::Online));
     drop(first);
     tokio::time::sleep(HEARTBEAT / 2).await;
     let (second, _rx2) = f.hub.register(f.alice, DeviceId(1), ready()).unwrap();
@@ -236,10 +227,7 @@ async fn a_reconnect_within_the_grace_does_not_flap_but_staying_away_goes_offlin
     );
     drop(second);
     let closed = tokio::time::Instant::now();
-    assert_eq!(
-        next(&mut watch.events).await,
-        (f.alice.0, PresenceStatus::Offline)
-    );
+    assert_eq!(next(&mut watch).await, (f.alice.0, PresenceStatus::Offline));
     let after = tokio::time::Instant::now() - closed;
     assert!(
         after >= HEARTBEAT && after < OFFLINE_AFTER,
@@ -251,10 +239,10 @@ async fn a_reconnect_within_the_grace_does_not_flap_but_staying_away_goes_offlin
 async fn overlapping_streams_count_in_order() {
     let f = fixture().await;
     let mut watch = f.presence.watch(f.bob, &[f.alice]).await.unwrap();
-    next(&mut watch.events).await;
+    next(&mut watch).await;
     let (a, _ra) = f.hub.register(f.alice, DeviceId(1), ready()).unwrap();
     let (b, _rb) = f.hub.register(f.alice, DeviceId(2), ready()).unwrap();
-    assert_eq!(next(&mut watch.events).await.1, PresenceStatus::Online);
+    assert_eq!(next(&mut watch).await.1, PresenceStatus::Online);
     drop(a);
     // One stream is still open: heartbeats on it keep the user online past the grace.
     for _ in 0..4 {
@@ -266,7 +254,7 @@ async fn overlapping_streams_count_in_order() {
         "still online with a stream open"
     );
     drop(b);
-    assert_eq!(next(&mut watch.events).await.1, PresenceStatus::Offline);
+    assert_eq!(next(&mut watch).await.1, PresenceStatus::Offline);
 }
 
 /// A renewal queued just before a user's first heartbeat is processed after it: the renewal
@@ -276,13 +264,39 @@ async fn overlapping_streams_count_in_order() {
 async fn a_renewal_queued_before_a_heartbeat_does_not_swallow_the_online_event() {
     let f = fixture().await;
     let mut watch = f.presence.watch(f.bob, &[f.alice]).await.unwrap();
-    assert_eq!(next(&mut watch.events).await.1, PresenceStatus::Offline);
+    assert_eq!(next(&mut watch).await.1, PresenceStatus::Offline);
     // Both queued before the fan-out task runs (no await in between, one thread).
     f.presence.queue_refresh();
     f.presence.touch(f.alice);
     assert_eq!(
-        next(&mut watch.events).await,
+        next(&mut watch).await,
         (f.alice.0, PresenceStatus::Online),
         "the heartbeat's online is announced"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_change_already_in_the_snapshot_is_not_sent_twice() {
+    let f = fixture().await;
+    let mut watch = f.presence.watch(f.bob, &[]).await.unwrap();
+    let tx = f.presence.watchers.lock().unwrap()[&f.bob][0].tx.clone();
+    let snapshot = watch.next().await.expect("initial state");
+    assert_eq!(
+        (snapshot.user_id, snapshot.status()),
+        (f.alice.0, PresenceStatus::Offline)
+    );
+    // The fan-out of a change the snapshot already holds arrives after it: skipped.
+    let online = PresenceEvent {
+        status: PresenceStatus::Online as i32,
+        ..snapshot
+    };
+    for event in [snapshot, online, snapshot] {
+        tx.send(event).await.unwrap();
+    }
+    assert_eq!(watch.next().await, Some(online), "the repeat is skipped");
+    assert_eq!(
+        watch.next().await,
+        Some(snapshot),
+        "after a change, the same state is a transition again"
     );
 }
