@@ -29,7 +29,10 @@ impl<T, U> Default for SmallBufferCodec<T, U> {
     }
 }
 
-fn buffer_settings() -> BufferSettings {
+/// The buffer settings of every `chat.v1` RPC: [`INITIAL_BUFFER_BYTES`] to start with, and
+/// tonic's default batching of ready stream messages. Public for codecs written beside this
+/// one (the server's pre-encoded live events).
+pub fn buffer_settings() -> BufferSettings {
     BufferSettings::new(INITIAL_BUFFER_BYTES, YIELD_THRESHOLD_BYTES)
 }
 

@@ -18,9 +18,9 @@ use tonic::Status;
 pub type ServerEvents = Pin<Box<dyn Stream<Item = Result<Arc<SharedEvent>, Status>> + Send>>;
 
 /// A server event as every session it goes to shares it: one allocation for all its
-/// recipients, and its protobuf encoding made once, by the first WebSocket that sends it,
-/// then reused by the others (a message to a 10,000-member group is encoded once, not
-/// 10,000 times). Reads as the [`ServerEvent`] it holds.
+/// recipients, and its protobuf encoding made once, by the first stream (gRPC or
+/// WebSocket) that sends it, then reused by the others (a message to a 10,000-member group
+/// is encoded once, not 10,000 times). Reads as the [`ServerEvent`] it holds.
 #[derive(Debug)]
 pub struct SharedEvent {
     inner: ServerEvent,
@@ -38,9 +38,17 @@ impl SharedEvent {
 
     /// The protobuf encoding, made on first use.
     pub fn proto(&self) -> Bytes {
+        self.encoding_bytes().clone()
+    }
+
+    /// The same encoding, borrowed: for a writer that copies it (a gRPC stream's buffer).
+    pub fn encoding(&self) -> &[u8] {
+        self.encoding_bytes()
+    }
+
+    fn encoding_bytes(&self) -> &Bytes {
         self.proto
             .get_or_init(|| Bytes::from(self.inner.encode_to_vec()))
-            .clone()
     }
 
     /// The event itself: moved out when this is its last holder, cloned otherwise.

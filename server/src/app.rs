@@ -9,9 +9,9 @@ use std::{future::Future, sync::Arc};
 
 use anyhow::Context;
 use daehwa::v1::{
-    auth_service_server::AuthServiceServer, chat_service_server::ChatServiceServer,
-    discovery_service_server::DiscoveryServiceServer, group_service_server::GroupServiceServer,
-    presence_service_server::PresenceServiceServer, user_service_server::UserServiceServer,
+    auth_service_server::AuthServiceServer, discovery_service_server::DiscoveryServiceServer,
+    group_service_server::GroupServiceServer, presence_service_server::PresenceServiceServer,
+    user_service_server::UserServiceServer,
 };
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -24,7 +24,8 @@ use tonic_health::ServingStatus;
 use crate::{
     api::{
         ApiContext, auth::AuthApi, chat::ChatApi, discovery::DiscoveryApi,
-        gateway::GatewaySessions, group::GroupApi, presence::PresenceApi, user::UserApi,
+        gateway::GatewaySessions, group::GroupApi, live_routes::ChatRoutes, presence::PresenceApi,
+        user::UserApi,
     },
     auth::{Authenticator, TokenSigner, layer::AuthLayer},
     backend::{
@@ -450,15 +451,15 @@ fn grpc_routes(
             }));
     }
     if config.has_role("chat") {
-        routes = routes.add_service(
-            ChatServiceServer::new(ChatApi {
+        routes = routes.add_service(ChatRoutes::new(
+            ChatApi {
                 chat: services.chat.clone(),
                 presence: services.presence.clone(),
                 live: services.live.clone(),
                 ctx: ctx.clone(),
-            })
-            .max_decoding_message_size(max),
-        );
+            },
+            max,
+        ));
     }
     if config.has_role("presence") {
         routes = routes.add_service(

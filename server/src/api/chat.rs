@@ -35,6 +35,38 @@ pub struct ChatApi {
     pub ctx: ApiContext,
 }
 
+impl ChatApi {
+    /// Opens a two-way live session for a Connect call; its events are still shared. Public
+    /// for [`super::live_routes`], which serves Connect with their shared encoding.
+    pub async fn open_connect(
+        &self,
+        request: Request<Streaming<ClientEvent>>,
+    ) -> Result<SharedEventStream, Status> {
+        let me = caller(&request)?;
+        self.live
+            .connect(me, request.into_inner())
+            .await
+            .map_err(|e| status(&self.ctx.metrics, e))
+    }
+
+    /// Opens a receive-only live session for a Subscribe call (for
+    /// [`super::live_routes`], like [`Self::open_connect`]).
+    pub async fn open_subscribe(
+        &self,
+        request: Request<v1::SubscribeRequest>,
+    ) -> Result<SharedEventStream, Status> {
+        let me = caller(&request)?;
+        self.live
+            .subscribe(me)
+            .await
+            .map_err(|e| status(&self.ctx.metrics, e))
+    }
+}
+
+/// The generated trait. chatd mounts it behind [`super::live_routes::ChatRoutes`], which
+/// serves Connect and Subscribe itself: the two implementations here are reached only if the
+/// generated server is mounted alone (each event then taken out of its share and encoded by
+/// tonic per stream).
 #[tonic::async_trait]
 impl ChatRpc for ChatApi {
     type ConnectStream = EventStream;
@@ -44,26 +76,16 @@ impl ChatRpc for ChatApi {
         &self,
         request: Request<Streaming<ClientEvent>>,
     ) -> Result<Response<EventStream>, Status> {
-        let me = caller(&request)?;
-        let stream = self
-            .live
-            .connect(me, request.into_inner())
-            .await
-            .map_err(|e| status(&self.ctx.metrics, e))?;
-        Ok(Response::new(grpc_events(stream)))
+        let events = self.open_connect(request).await?;
+        Ok(Response::new(grpc_events(events)))
     }
 
     async fn subscribe(
         &self,
         request: Request<v1::SubscribeRequest>,
     ) -> Result<Response<EventStream>, Status> {
-        let me = caller(&request)?;
-        let stream = self
-            .live
-            .subscribe(me)
-            .await
-            .map_err(|e| status(&self.ctx.metrics, e))?;
-        Ok(Response::new(grpc_events(stream)))
+        let events = self.open_subscribe(request).await?;
+        Ok(Response::new(grpc_events(events)))
     }
 
     async fn send_message(

@@ -7,7 +7,9 @@ pub mod convert;
 pub mod discovery;
 pub mod gateway;
 pub mod group;
+pub mod live_routes;
 pub mod presence;
+pub mod shared_event_codec;
 pub mod user;
 
 use std::sync::Arc;

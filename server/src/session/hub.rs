@@ -10,9 +10,11 @@ use std::{
     collections::HashMap,
     sync::{
         Arc, Mutex, OnceLock,
-        atomic::{AtomicU64, AtomicUsize, Ordering},
+        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
     },
 };
+
+use futures::task::AtomicWaker;
 
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -69,6 +71,12 @@ pub struct Session {
     user: UserId,
     device: DeviceId,
     outbox: mpsc::Sender<Arc<SharedEvent>>,
+    /// Set when the session closes; read by the response stream before each event.
+    is_closed: AtomicBool,
+    /// Wakes the response stream when the session closes while its outbox is empty: an
+    /// [`AtomicWaker`] costs no lock per event, unlike a cancellation future.
+    closed_waker: AtomicWaker,
+    /// Wakes every other task waiting for the close (the client-event reader).
     closed: CancellationToken,
     reason: OnceLock<CloseReason>,
 }
@@ -77,6 +85,12 @@ impl Session {
     /// Closes the session; the first reason wins.
     pub fn close(&self, reason: CloseReason) {
         let _ = self.reason.set(reason);
+        self.mark_closed();
+    }
+
+    fn mark_closed(&self) {
+        self.is_closed.store(true, Ordering::Release);
+        self.closed_waker.wake();
         self.closed.cancel();
     }
 
@@ -88,6 +102,22 @@ impl Session {
     /// Resolves when the session is closed (by the server or because the client left).
     pub async fn closed(&self) {
         self.closed.cancelled().await;
+    }
+
+    /// Whether the session is closed (one atomic load).
+    pub(super) fn is_closed(&self) -> bool {
+        self.is_closed.load(Ordering::Acquire)
+    }
+
+    /// Whether the session is closed; if not, `cx` is woken when it closes. For the one
+    /// response stream of the session (a later registration replaces an earlier one).
+    pub(super) fn poll_closed(&self, cx: &mut std::task::Context<'_>) -> bool {
+        if self.is_closed() {
+            return true;
+        }
+        self.closed_waker.register(cx.waker());
+        // A close between the check and the registration woke nobody: look again.
+        self.is_closed()
     }
 
     /// Queues an event without waiting; a full outbox closes the session as too slow.
@@ -130,7 +160,7 @@ impl SessionHandle {
 
 impl Drop for SessionHandle {
     fn drop(&mut self) {
-        self.session.closed.cancel();
+        self.session.mark_closed();
         self.hub.unregister(&self.session);
     }
 }
@@ -149,7 +179,7 @@ pub struct Hub {
     sessions: Mutex<HashMap<UserId, Vec<Arc<Session>>>>,
     next_id: AtomicU64,
     total: AtomicUsize,
-    closing: std::sync::atomic::AtomicBool,
+    closing: AtomicBool,
     max_per_user: usize,
     outbox_capacity: usize,
     metrics: Arc<Metrics>,
@@ -163,7 +193,7 @@ impl Hub {
             sessions: Mutex::default(),
             next_id: AtomicU64::new(1),
             total: AtomicUsize::new(0),
-            closing: std::sync::atomic::AtomicBool::new(false),
+            closing: AtomicBool::new(false),
             max_per_user,
             outbox_capacity,
             metrics,
@@ -193,6 +223,8 @@ impl Hub {
             user,
             device,
             outbox: tx,
+            is_closed: AtomicBool::new(false),
+            closed_waker: AtomicWaker::new(),
             closed: CancellationToken::new(),
             reason: OnceLock::new(),
         });

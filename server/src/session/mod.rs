@@ -8,7 +8,7 @@
 //!   when the session is closed (too slow, logged out, server shutting down).
 //!
 //! Outboxes hold [`SharedEvent`]s: one allocation per event for all its recipients, whose
-//! protobuf encoding the WebSockets of all of them share.
+//! protobuf encoding the gRPC streams and WebSockets of all of them share.
 
 pub mod hub;
 pub mod live;
