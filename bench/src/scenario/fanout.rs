@@ -6,7 +6,14 @@
 //! since members can only be added by a friend; the relay has no groups and simply
 //! broadcasts `g:<n>` messages to every other connected user, which is the same delivery.
 
-use std::{collections::HashMap, time::Duration};
+use std::{
+    collections::HashMap,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
 
 use anyhow::Context;
 use clap::Args;
@@ -17,7 +24,7 @@ use daehwa::v1::{
 use futures::{StreamExt, TryStreamExt, stream};
 use serde_json::json;
 use tokio::{
-    sync::{mpsc, watch},
+    sync::{Notify, watch},
     task::JoinHandle,
     time::Instant,
 };
@@ -109,14 +116,60 @@ struct MemberResult {
     ledger: SeqLedger,
     check: Check,
     delivered: u64,
+    /// (seq, latency ns) of each delivery, for the per-message maximum.
+    latencies: Vec<(u64, u64)>,
 }
 
-/// Reads a member's stream, reporting each delivery's (seq, latency) until told to stop.
+/// Every member's deliveries counted as they arrive, so the owner learns that a message
+/// reached everyone with one wake-up per message, not a channel message per delivery (the
+/// load generator shares the machine: its cost per delivery is in every figure).
+#[derive(Default)]
+struct Tally {
+    /// Deliveries of the message in flight.
+    delivered: AtomicU64,
+    /// The time stamp of the message in flight: a late delivery of an earlier message (one
+    /// that timed out) is not counted for it.
+    in_flight: AtomicU64,
+    /// Deliveries counted over the whole run (the CPU figures' denominator).
+    total: AtomicU64,
+    /// Notified when `delivered` reaches `everyone`.
+    reached: Notify,
+    everyone: u64,
+}
+
+impl Tally {
+    fn new(everyone: u64) -> Self {
+        Self {
+            everyone,
+            ..Self::default()
+        }
+    }
+
+    /// Starts counting the deliveries of the message stamped `stamp`.
+    fn expect(&self, stamp: u64) {
+        self.delivered.store(0, Ordering::Release);
+        self.in_flight.store(stamp, Ordering::Release);
+    }
+
+    /// Counts a delivery (already checked: right conversation, new seq) of the message
+    /// stamped `stamp`.
+    fn delivered(&self, stamp: u64) {
+        self.total.fetch_add(1, Ordering::Relaxed);
+        if stamp != self.in_flight.load(Ordering::Acquire) {
+            return;
+        }
+        if self.delivered.fetch_add(1, Ordering::AcqRel) + 1 == self.everyone {
+            self.reached.notify_one();
+        }
+    }
+}
+
+/// Reads a member's stream, recording each delivery, until told to stop.
 fn spawn_member(
     session: Session,
     conversation: String,
     clock: Clock,
-    deliveries: mpsc::Sender<(u64, u64)>,
+    tally: Arc<Tally>,
     mut stop: watch::Receiver<bool>,
 ) -> JoinHandle<MemberResult> {
     tokio::spawn(async move {
@@ -129,9 +182,11 @@ fn spawn_member(
             ledger: SeqLedger::default(),
             check: Check::default(),
             delivered: 0,
+            latencies: Vec::new(),
         };
         loop {
             let next = tokio::select! {
+                biased;
                 next = rx.message() => next,
                 _ = stop.changed() => break,
             };
@@ -152,13 +207,8 @@ fn spawn_member(
                         out.check.error("message without a time stamp");
                         continue;
                     };
-                    if deliveries
-                        .send((m.seq, now.saturating_sub(stamp)))
-                        .await
-                        .is_err()
-                    {
-                        break;
-                    }
+                    tally.delivered(stamp);
+                    out.latencies.push((m.seq, now.saturating_sub(stamp)));
                 }
                 Ok(Some(_)) => {}
                 Ok(None) => {
@@ -195,7 +245,8 @@ pub async fn run(target: &Target, ctx: &Ctx, p: &Params) -> anyhow::Result<Run> 
         .try_collect()
         .await
         .context("connecting a member")?;
-    let (deliveries_tx, mut deliveries) = mpsc::channel(16_384);
+    let everyone = p.members as u64;
+    let tally = Arc::new(Tally::new(everyone));
     let (stop_tx, stop_rx) = watch::channel(false);
     let readers: Vec<_> = sessions
         .into_iter()
@@ -204,30 +255,29 @@ pub async fn run(target: &Target, ctx: &Ctx, p: &Params) -> anyhow::Result<Run> 
                 s,
                 conversation.clone(),
                 ctx.clock,
-                deliveries_tx.clone(),
+                tally.clone(),
                 stop_rx.clone(),
             )
         })
         .collect();
-    drop(deliveries_tx);
     let mut owner_session = session::connect_session(&dial, owner)
         .await
         .context("connecting the owner")?;
     tokio::time::sleep(Duration::from_millis(500)).await;
 
-    let everyone = p.members as u64;
     let mut check = Check::default();
     let mut all = Latency::new();
     let mut last = Latency::new();
     let mut acks = Latency::new();
     let mut acked = Vec::new();
-    let mut counts: HashMap<u64, (u64, u64)> = HashMap::new();
     // CPU over the messages only (set-up excluded; the pauses between messages are idle).
     let cpu = CpuWindow::start(target.pid());
     let window_start = Instant::now();
     for k in 0..p.messages {
         progress!("fanout", target, "message {}/{}", k + 1, p.messages);
         let sent_ns = ctx.clock.now_ns();
+        // Every member's delivery of this message (known by its stamp) completes it.
+        tally.expect(sent_ns);
         let event: ClientEvent = send_event(
             &conversation,
             format!("f-{k}"),
@@ -241,9 +291,7 @@ pub async fn run(target: &Target, ctx: &Ctx, p: &Params) -> anyhow::Result<Run> 
         let deadline = Instant::now() + PER_MESSAGE;
         let mut seq = None;
         loop {
-            if let Some(s) = seq
-                && counts.get(&s).is_some_and(|c| c.0 >= everyone)
-            {
+            if seq.is_some() && tally.delivered.load(Ordering::Acquire) >= everyone {
                 break;
             }
             tokio::select! {
@@ -263,21 +311,13 @@ pub async fn run(target: &Target, ctx: &Ctx, p: &Params) -> anyhow::Result<Run> 
                     Ok(None) => anyhow::bail!("owner stream ended"),
                     Err(status) => anyhow::bail!("owner stream failed: {status}"),
                 },
-                Some((s, latency)) = deliveries.recv() => {
-                    let c = counts.entry(s).or_default();
-                    c.0 += 1;
-                    c.1 = c.1.max(latency);
-                    all.record(latency);
-                }
+                () = tally.reached.notified() => {}
                 () = tokio::time::sleep_until(deadline) => {
-                    let got = seq.and_then(|s| counts.get(&s)).map_or(0, |c| c.0);
+                    let got = tally.delivered.load(Ordering::Acquire);
                     check.error(format!("message {k}: {got} of {everyone} deliveries in {PER_MESSAGE:?}"));
                     break;
                 }
             }
-        }
-        if let Some(c) = seq.and_then(|s| counts.get(&s)) {
-            last.record(c.1);
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
@@ -285,11 +325,13 @@ pub async fn run(target: &Target, ctx: &Ctx, p: &Params) -> anyhow::Result<Run> 
     let cpu_figures = cpu.figures(
         target.pid(),
         window_start.elapsed().as_secs_f64(),
-        counts.values().map(|c| c.0).sum(),
+        tally.total.load(Ordering::Acquire),
     );
     let _ = stop_tx.send(true);
     acked.sort_unstable();
     check.acked = acked.len() as u64;
+    // The last delivery of each message: the largest latency any member saw for its seq.
+    let mut slowest: HashMap<u64, u64> = HashMap::new();
     for reader in readers {
         match reader.await {
             Ok(r) => {
@@ -298,8 +340,18 @@ pub async fn run(target: &Target, ctx: &Ctx, p: &Params) -> anyhow::Result<Run> 
                 check.duplicated += duplicated;
                 check.delivered += r.delivered;
                 check.absorb(r.check);
+                for (seq, latency) in r.latencies {
+                    all.record(latency);
+                    let max = slowest.entry(seq).or_default();
+                    *max = (*max).max(latency);
+                }
             }
             Err(e) => check.error(format!("member task failed: {e}")),
+        }
+    }
+    for seq in &acked {
+        if let Some(latency) = slowest.get(seq) {
+            last.record(*latency);
         }
     }
     let mut figures = Vec::new();
