@@ -292,15 +292,24 @@ impl Hub {
         skip_device: Option<DeviceId>,
         event: &Arc<SharedEvent>,
     ) -> usize {
-        let targets: Vec<Arc<Session>> = match self.lock().get(&user) {
-            Some(list) => list
-                .iter()
-                .filter(|s| Some(s.device) != skip_device)
-                .cloned()
-                .collect(),
-            None => return 0,
-        };
-        let delivered = targets.iter().filter(|s| s.offer(event.clone())).count();
+        // Copied out under the lock, offered after it. Most users have one session here: it
+        // is taken on its own, and the list (usually empty then) allocates nothing.
+        let (first, others): (Option<Arc<Session>>, Vec<Arc<Session>>) =
+            match self.lock().get(&user) {
+                Some(list) => {
+                    let mut targets = list
+                        .iter()
+                        .filter(|s| Some(s.device) != skip_device)
+                        .cloned();
+                    (targets.next(), targets.collect())
+                }
+                None => return 0,
+            };
+        let delivered = first
+            .iter()
+            .chain(&others)
+            .filter(|s| s.offer(event.clone()))
+            .count();
         self.metrics.messages_delivered.inc_by(delivered as u64);
         delivered
     }
