@@ -106,7 +106,7 @@ mod tests {
     use super::*;
     use crate::{
         ids::{DeviceId, UserId},
-        session::Hub,
+        session::{Hub, hub::Session},
     };
 
     fn heartbeat_ack() -> Arc<SharedEvent> {
@@ -115,19 +115,31 @@ mod tests {
         })
     }
 
-    fn is_heartbeat_ack(item: Option<Result<Arc<SharedEvent>, Status>>) -> bool {
-        matches!(item, Some(Ok(e)) if matches!(e.event, Some(Event::HeartbeatAck(_))))
-    }
+    type Events = std::pin::Pin<Box<dyn Stream<Item = Result<Arc<SharedEvent>, Status>> + Send>>;
 
-    #[tokio::test]
-    async fn queued_events_then_the_close_status_then_the_end() {
+    /// A hub with one registered session (its `ready`, here a heartbeat ack, queued) and
+    /// that session's response stream.
+    fn open() -> (Arc<Hub>, Arc<Session>, Events) {
         let metrics = Metrics::new();
         let hub = Hub::new(4, 16, metrics.clone());
         let (handle, outbox) = hub
             .register(UserId(1), DeviceId(1), heartbeat_ack())
             .unwrap();
         let session = handle.session().clone();
-        let mut stream = Box::pin(response_stream(handle, outbox, metrics));
+        (
+            hub,
+            session,
+            Box::pin(response_stream(handle, outbox, metrics)),
+        )
+    }
+
+    fn is_heartbeat_ack(item: Option<Result<Arc<SharedEvent>, Status>>) -> bool {
+        matches!(item, Some(Ok(e)) if matches!(e.event, Some(Event::HeartbeatAck(_))))
+    }
+
+    #[tokio::test]
+    async fn queued_events_then_the_close_status_then_the_end() {
+        let (hub, session, mut stream) = open();
         assert!(is_heartbeat_ack(stream.next().await));
         // Nothing queued: the stream waits, and the close wakes it.
         let closer = tokio::spawn({
@@ -150,15 +162,9 @@ mod tests {
 
     #[tokio::test]
     async fn a_closed_session_ends_before_its_queued_events() {
-        let metrics = Metrics::new();
-        let hub = Hub::new(4, 16, metrics.clone());
-        let (handle, outbox) = hub
-            .register(UserId(1), DeviceId(1), heartbeat_ack())
-            .unwrap();
-        let session = handle.session().clone();
+        let (_hub, session, mut stream) = open();
         assert!(session.offer(heartbeat_ack()));
         session.close(CloseReason::TooSlow);
-        let mut stream = Box::pin(response_stream(handle, outbox, metrics));
         let Some(Some(Err(status))) = stream.next().now_or_never() else {
             panic!("expected the close status at once");
         };
