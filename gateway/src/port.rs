@@ -38,15 +38,11 @@ impl SharedEvent {
 
     /// The protobuf encoding, made on first use.
     pub fn proto(&self) -> Bytes {
-        self.encoding_bytes().clone()
+        self.encoding().clone()
     }
 
     /// The same encoding, borrowed: for a writer that copies it (a gRPC stream's buffer).
-    pub fn encoding(&self) -> &[u8] {
-        self.encoding_bytes()
-    }
-
-    fn encoding_bytes(&self) -> &Bytes {
+    pub fn encoding(&self) -> &Bytes {
         self.proto
             .get_or_init(|| Bytes::from(self.inner.encode_to_vec()))
     }
