@@ -387,71 +387,87 @@ async fn skewed_clocks_still_give_a_gapless_seq() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn presence_touches_redis_per_refresh_not_per_heartbeat() {
     let cluster = Cluster::start(&[("chat-a", 0)]).await;
-    let mut streams = Vec::new();
+    // Signing up (argon2) is the slow part: all users exist before the first stream opens.
+    let mut users = Vec::new();
     for i in 0..40 {
-        let user = cluster.user_on(&format!("beat{i}"), "chat-a").await;
-        streams.push(user.connect().await);
+        users.push(cluster.user_on(&format!("beat{i}"), "chat-a").await);
+    }
+    // Each stream beats from its own task from the moment it opens, 4 times a second, so no
+    // user is ever silent for --offline-after (3 s) and goes offline and back while the
+    // window runs (two state changes, two Redis writes, that would not be heartbeat cost).
+    let mut beating = Vec::new();
+    let heartbeats = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let mut streams = Vec::new();
+    for user in &users {
+        let stream = user.connect().await;
+        let (tx, heartbeats) = (stream.tx.clone(), heartbeats.clone());
+        beating.push(tokio::spawn(async move {
+            let mut every = tokio::time::interval(Duration::from_millis(250));
+            loop {
+                every.tick().await;
+                let beat = v1::ClientEvent {
+                    event: Some(client_event::Event::Heartbeat(v1::HeartbeatEvent {})),
+                };
+                if tx.send(beat).await.is_err() {
+                    return;
+                }
+                heartbeats.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        }));
+        streams.push(stream);
     }
     // Every connect's state change has reached Redis before the steady state is measured.
     let live_keys = "EVAL \"local n = 0 for _, k in ipairs(redis.call('KEYS', 'daehwa:presence:*')) do \
         for _, f in ipairs(redis.call('HKEYS', k)) do if string.sub(f, 1, 5) == 'live:' then n = n + 1 end end \
         end return n\" 0";
-    // The clients heartbeat meanwhile (twice a second): on a loaded machine setting up 40
-    // users can take longer than --offline-after (3 s), and a silent user is rightly offline.
-    let last_beat = std::cell::Cell::new(std::time::Instant::now() - Duration::from_secs(1));
     eventually("40 users live in Redis", || async {
-        if last_beat.get().elapsed() >= Duration::from_millis(500) {
-            last_beat.set(std::time::Instant::now());
-            for stream in &streams {
-                stream
-                    .send(client_event::Event::Heartbeat(v1::HeartbeatEvent {}))
-                    .await;
-            }
-        }
         let reply = cluster.redis.command(live_keys);
         let n: u64 = reply.trim().trim_start_matches(':').parse().ok()?;
         (n >= 40).then_some(())
     })
     .await;
     let before = redis_calls(&cluster.redis);
-    let window = Duration::from_secs(6);
+    let beats_before = heartbeats.load(std::sync::atomic::Ordering::Relaxed);
     let started = std::time::Instant::now();
-    let mut heartbeats = 0u64;
-    while started.elapsed() < window {
-        for stream in &streams {
-            stream
-                .send(client_event::Event::Heartbeat(v1::HeartbeatEvent {}))
-                .await;
-            heartbeats += 1;
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    tokio::time::sleep(Duration::from_secs(6)).await;
     let elapsed = started.elapsed();
     let after = redis_calls(&cluster.redis);
+    let heartbeats = heartbeats.load(std::sync::atomic::Ordering::Relaxed) - beats_before;
+    beating.iter().for_each(|task| task.abort());
     let delta =
         |name: &str| after.get(name).copied().unwrap_or(0) - before.get(name).copied().unwrap_or(0);
     // What the servers sent (one round trip each) and what Redis did for them inside scripts.
-    let sent: u64 = ["evalsha", "eval", "publish", "hdel", "subscribe", "ping"]
-        .iter()
-        .map(|c| delta(c))
-        .sum();
+    let sent_names = ["evalsha", "eval", "publish", "hdel", "subscribe", "ping"];
+    let sent: u64 = sent_names.iter().map(|c| delta(c)).sum();
     let key_writes: u64 = ["hset", "hdel", "pexpire", "sadd", "srem", "set"]
         .iter()
         .map(|c| delta(c))
         .sum();
+    let by_command: Vec<String> = after
+        .keys()
+        .filter(|name| delta(name) > 0)
+        .map(|name| format!("{name}={}", delta(name)))
+        .collect();
     let minutes = elapsed.as_secs_f64() / 60.0;
     eprintln!(
         "presence Redis load over {elapsed:?}, 40 online users sending {heartbeats} heartbeats, \
          --offline-after 3s (refresh every 1 s): {sent} commands sent ({:.3} per user per minute), \
          {key_writes} key writes inside scripts ({:.1} per user per minute); \
-         with the default --offline-after 30s both scale by 1/10",
+         with the default --offline-after 30s both scale by 1/10; by command: {}",
         sent as f64 / 40.0 / minutes,
         key_writes as f64 / 40.0 / minutes,
+        by_command.join(" "),
+    );
+    assert!(
+        heartbeats >= 40 * 12,
+        "only {heartbeats} heartbeats went out in {elapsed:?}: the window measured too little"
     );
     // Nothing per heartbeat: one refresh script per second for all 40 users.
     assert!(
         sent <= 2 * (elapsed.as_secs() + 1),
-        "{sent} Redis commands for {heartbeats} heartbeats in {elapsed:?}: presence writes per heartbeat"
+        "{sent} Redis commands for {heartbeats} heartbeats in {elapsed:?}: presence writes per \
+         heartbeat (by command: {})",
+        by_command.join(" ")
     );
     // Each refresh writes each user's fields in one HSET and renews the key (2 writes per
     // user), plus the server's member set and alive mark (the api server's mark too).
@@ -460,6 +476,7 @@ async fn presence_touches_redis_per_refresh_not_per_heartbeat() {
         key_writes <= (2 * 40 + 4) * refreshes,
         "{key_writes} key writes in {refreshes} refreshes of 40 users"
     );
+    drop(streams);
 }
 
 /// Commands Redis has executed by name, from INFO commandstats; commands run by scripts

@@ -218,13 +218,17 @@ impl Delivery {
     }
 
     /// Offers a presence event to `friends`' live sessions and WatchPresence streams, on
-    /// every server. `local` receives it for this server's watchers.
+    /// every server. `local` receives it for this server's watchers. A user with no friends
+    /// costs nothing: no event is made and nothing crosses the bus.
     pub async fn presence_to_friends(
         &self,
         friends: &[UserId],
         event: PresenceEvent,
         local: &dyn PresenceListener,
     ) {
+        if friends.is_empty() {
+            return;
+        }
         let server_event = SharedEvent::new(ServerEvent {
             event: Some(Event::Presence(event)),
         });
