@@ -18,6 +18,7 @@ use std::{
 use redb::{Database, Durability, ReadableTable};
 
 use super::{
+    background,
     layout::{DIRECT, HEADS, IDEMPOTENCY, MESSAGES, READ_POSITIONS, db_err},
     log,
     recent::Recent,
@@ -97,6 +98,7 @@ pub(super) fn spawn(
     std::thread::Builder::new()
         .name("message-store-checkpoint".to_owned())
         .spawn(move || {
+            background::lower_this_thread();
             for Frozen {
                 table,
                 through_generation,

@@ -73,6 +73,7 @@
 //!   checkpoint thread), and is already a dependency of the server
 //!   (fjall is not added).
 
+mod background;
 mod checkpoint;
 mod layout;
 mod log;
