@@ -32,6 +32,9 @@ const RETRY_AFTER: Duration = Duration::from_secs(1);
 pub(super) struct Frozen {
     pub table: Arc<Recent>,
     pub through_generation: u64,
+    /// The table checkpointed before, which readers no longer see: freed here, so the
+    /// writer never spends its time deallocating thousands of entries.
+    pub retired: Option<Arc<Recent>>,
 }
 
 /// Writes `table` into redb in one durable transaction. Heads and read positions keep the
@@ -102,8 +105,10 @@ pub(super) fn spawn(
             for Frozen {
                 table,
                 through_generation,
+                retired,
             } in frozen.iter()
             {
+                drop(retired);
                 let mut attempts = 0u64;
                 loop {
                     attempts += 1;

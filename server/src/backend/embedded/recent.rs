@@ -44,6 +44,17 @@ impl Recent {
             + self.direct.len()
     }
 
+    /// An empty table whose hash maps have room for as many entries as `previous` held, so
+    /// the active table does not rehash its way up to the same size again after each freeze.
+    pub fn sized_like(previous: &Recent) -> Self {
+        Self {
+            heads: HashMap::with_capacity(previous.heads.len()),
+            idempotency: HashMap::with_capacity(previous.idempotency.len()),
+            read_positions: HashMap::with_capacity(previous.read_positions.len()),
+            ..Self::default()
+        }
+    }
+
     /// Whether there is nothing to checkpoint.
     pub fn is_empty(&self) -> bool {
         self.len() == 0

@@ -155,6 +155,9 @@ pub(super) struct Writer {
     tuning: Tuning,
     last_freeze: Instant,
     checkpoints: Checkpoints,
+    /// The last checkpointed table, no longer visible to readers, handed to the checkpoint
+    /// thread with the next freeze to be freed there.
+    retired: Option<Arc<Recent>>,
     /// Set after a failed log write: the segment's tail is unknown, so nothing more may be
     /// appended to it; every later batch fails with this error until the store is reopened.
     failed: Option<Error>,
@@ -204,6 +207,7 @@ impl Writer {
                 closing,
                 thread: Some(thread),
             },
+            retired: None,
             failed: None,
         })
     }
@@ -311,16 +315,19 @@ impl Writer {
         }
     }
 
-    /// Forgets the frozen table (its checkpoint committed). The table is freed after the
-    /// lock is released: readers never wait for a large table's deallocation.
-    fn drop_frozen(&self) {
+    /// Forgets the frozen table (its checkpoint committed). The table is freed by the
+    /// checkpoint thread after the next freeze: neither readers (waiting on the lock) nor
+    /// this thread wait for a large table's deallocation.
+    fn drop_frozen(&mut self) {
         let frozen = self
             .tiers
             .write()
             .unwrap_or_else(PoisonError::into_inner)
             .frozen
             .take();
-        drop(frozen);
+        if frozen.is_some() {
+            self.retired = frozen;
+        }
     }
 
     fn freeze_due(&self) -> bool {
@@ -367,7 +374,8 @@ impl Writer {
         let through_generation = self.log.generation().saturating_sub(1);
         let table = {
             let mut tiers = self.tiers.write().unwrap_or_else(PoisonError::into_inner);
-            let table = Arc::new(std::mem::take(&mut tiers.active));
+            let next = Recent::sized_like(&tiers.active);
+            let table = Arc::new(std::mem::replace(&mut tiers.active, next));
             tiers.frozen = Some(Arc::clone(&table));
             table
         };
@@ -376,6 +384,7 @@ impl Writer {
             s.send(Frozen {
                 table,
                 through_generation,
+                retired: self.retired.take(),
             })
         });
         if !matches!(sent, Some(Ok(()))) {
