@@ -432,7 +432,7 @@ async fn presence_touches_redis_per_refresh_not_per_heartbeat() {
     tokio::time::sleep(Duration::from_secs(6)).await;
     let elapsed = started.elapsed();
     let after = redis_calls(&cluster.redis);
-    let heartbeats = heartbeats.load(std::sync::atomic::Ordering::Relaxed) - beats_before;
+    let beats = heartbeats.load(std::sync::atomic::Ordering::Relaxed) - beats_before;
     beating.iter().for_each(|task| task.abort());
     let delta =
         |name: &str| after.get(name).copied().unwrap_or(0) - before.get(name).copied().unwrap_or(0);
@@ -450,7 +450,7 @@ async fn presence_touches_redis_per_refresh_not_per_heartbeat() {
         .collect();
     let minutes = elapsed.as_secs_f64() / 60.0;
     eprintln!(
-        "presence Redis load over {elapsed:?}, 40 online users sending {heartbeats} heartbeats, \
+        "presence Redis load over {elapsed:?}, 40 online users sending {beats} heartbeats, \
          --offline-after 3s (refresh every 1 s): {sent} commands sent ({:.3} per user per minute), \
          {key_writes} key writes inside scripts ({:.1} per user per minute); \
          with the default --offline-after 30s both scale by 1/10; by command: {}",
@@ -459,13 +459,16 @@ async fn presence_touches_redis_per_refresh_not_per_heartbeat() {
         by_command.join(" "),
     );
     assert!(
-        heartbeats >= 40 * 12,
-        "only {heartbeats} heartbeats went out in {elapsed:?}: the window measured too little"
+        beats >= 40 * 12,
+        "only {beats} heartbeats went out in {elapsed:?}: the window measured too little"
     );
-    // Nothing per heartbeat: one refresh script per second for all 40 users.
+    // Nothing per heartbeat: one refresh script per second for all 40 users, on each of the
+    // two servers (the api server marks itself alive too), plus a little room for the tail of
+    // the connects' own work (a state change's publish) landing inside the window. Writing
+    // per heartbeat would be ~960.
     assert!(
-        sent <= 2 * (elapsed.as_secs() + 1),
-        "{sent} Redis commands for {heartbeats} heartbeats in {elapsed:?}: presence writes per \
+        sent <= 2 * (elapsed.as_secs() + 1) + 4,
+        "{sent} Redis commands for {beats} heartbeats in {elapsed:?}: presence writes per \
          heartbeat (by command: {})",
         by_command.join(" ")
     );

@@ -14,6 +14,8 @@
 
 pub mod close;
 pub mod codec;
+#[cfg(test)]
+mod tests;
 
 use std::{sync::Arc, time::Duration};
 
@@ -32,7 +34,7 @@ use futures::{
 use tokio::time::{Instant, timeout};
 use tonic::Status;
 
-use crate::{GatewayConfig, LiveSession, SessionPort, SharedEvent, port::ServerEvents};
+use crate::{GatewayConfig, LiveSession, SessionPort, SharedEvent};
 use codec::{Codec, DecodeError, JSON_SUBPROTOCOL, PROTO_SUBPROTOCOL};
 
 /// What the WebSocket handler needs.
@@ -68,8 +70,9 @@ pub struct WsQuery {
 const READ_BUFFER: usize = 1024;
 /// Queued outgoing bytes that trigger a flush.
 const SOCKET_BUFFER: usize = 4 * 1024;
-/// Most events written per flush: the first plus those already queued behind it.
-const BATCH: usize = 32;
+/// Most frames written per flush: the first (an event or our ping) plus the events already
+/// queued behind it.
+const MAX_BATCH: usize = 32;
 
 /// Upgrades the connection and runs the session.
 pub async fn upgrade(
@@ -257,18 +260,22 @@ async fn relay(
     }
 }
 
-/// Writes `first` and the events already queued behind it (at most [`BATCH`]), then
+/// Writes `first` and the events already queued behind it (at most [`MAX_BATCH`] frames), then
 /// flushes once: under load several events leave in one write instead of one write each.
 /// Returns the close frame when the session ended while draining its queue.
-async fn send_batch(
-    sink: &mut Sink,
+async fn send_batch<S, E>(
+    sink: &mut S,
     first: Message,
-    events: &mut ServerEvents,
+    events: &mut E,
     codec: Codec,
-) -> Result<Option<Closing>, axum::Error> {
+) -> Result<Option<Closing>, S::Error>
+where
+    S: futures::Sink<Message> + Unpin,
+    E: futures::Stream<Item = Result<Arc<SharedEvent>, Status>> + Unpin,
+{
     sink.feed(first).await?;
     let mut ended = None;
-    for _ in 1..BATCH {
+    for _ in 1..MAX_BATCH {
         // Polled without waiting; the next `select!` polls `events` again with the task's
         // own waker.
         let Some(event) = events.next().now_or_never() else {
@@ -280,6 +287,7 @@ async fn send_batch(
                 ended = closing;
                 break;
             }
+            // `outgoing` makes neither.
             Step::Forward(_) | Step::Nothing => {}
         }
     }

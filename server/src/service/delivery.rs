@@ -218,8 +218,8 @@ impl Delivery {
     }
 
     /// Offers a presence event to `friends`' live sessions and WatchPresence streams, on
-    /// every server. `local` receives it for this server's watchers. A user with no friends
-    /// costs nothing: no event is made and nothing crosses the bus.
+    /// every server. `local` receives it for this server's watchers. For a user with no friends
+    /// nothing is sent: no event is made and nothing crosses the bus.
     pub async fn presence_to_friends(
         &self,
         friends: &[UserId],

@@ -1,15 +1,20 @@
-//! The CPU priority of the store's background work: the checkpoint thread. No client waits
-//! on a checkpoint, so it yields the cores to the threads that answer clients (the tokio
-//! workers and the writer) when both want them, as RocksDB lowers the priority of its
-//! compaction threads. It still gets every idle cycle, and a checkpoint that falls behind
-//! makes the writer wait for room, so it cannot fall behind without bound.
+//! The CPU priority of the store's background work: the checkpoint thread. No send waits
+//! for a checkpoint while the active table has room, so the checkpoint yields the cores to
+//! the threads that answer clients (the tokio workers and the writer) when both want them.
+//! It still gets every idle cycle. If it falls far behind, the writer waits for it
+//! (`Writer::make_room`) and, after `checkpoint_wait`, refuses sends with `Unavailable`:
+//! back-pressure, not loss. A nice value only weighs the scheduler's choice; a lower-priority
+//! thread preempted while it holds a lock the writer wants (redb's, the allocator's) can
+//! still delay the writer, which is why it is lowered by 10 and not made `SCHED_IDLE`.
+//! BENCHMARKS.md has the measurements.
 
 /// The nice value of background work: a nice-10 thread weighs about a tenth of a
 /// nice-0 one when the scheduler divides a busy core.
+#[cfg_attr(not(target_os = "linux"), allow(dead_code))]
 const BACKGROUND_NICE: i32 = 10;
 
-/// Lowers the calling thread's priority to [`BACKGROUND_NICE`] (never raises it: a
-/// process started with a higher nice value keeps it). Best effort: where it cannot be
+/// Lowers the calling thread's priority to [`BACKGROUND_NICE`]; a thread whose nice value
+/// is already higher keeps it. Best effort: where it cannot be
 /// done the thread runs at the process's priority, which costs latency, not data.
 pub(super) fn lower_this_thread() {
     // On Linux `setpriority(PRIO_PROCESS, tid)` sets one thread's nice value.

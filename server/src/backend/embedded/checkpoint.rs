@@ -28,12 +28,14 @@ use crate::error::{Error, Result};
 /// How long a failed checkpoint waits before it tries again.
 const RETRY_AFTER: Duration = Duration::from_secs(1);
 
-/// A frozen table and the newest log segment that holds nothing newer than it.
+/// A frozen table, the newest log segment that holds nothing newer than it, and the table
+/// checkpointed before it, to be freed.
 pub(super) struct Frozen {
     pub table: Arc<Recent>,
     pub through_generation: u64,
-    /// The table checkpointed before, which readers no longer see: freed here, so the
-    /// writer never spends its time deallocating thousands of entries.
+    /// The table checkpointed before, which readers no longer see: freed on the checkpoint
+    /// thread once this one is committed and answered, so the writer never spends its time
+    /// deallocating thousands of entries.
     pub retired: Option<Arc<Recent>>,
 }
 
@@ -86,11 +88,12 @@ fn raise_all<const N: usize>(
     Ok(())
 }
 
-/// Starts the checkpoint thread. It applies each frozen table it receives, deletes the log
-/// segments before the one the writer was appending to at the freeze, and reports the generation back on `done`; a failed checkpoint is
-/// retried every second (the data stays durable in the log meanwhile) until `closing` is
-/// set, after which one failure makes it give up and leave the segments for the next open
-/// to replay.
+/// Starts the checkpoint thread, at a lower CPU priority (`background`). It applies each
+/// frozen table it receives, deletes the log segments before the one the writer was
+/// appending to at the freeze, reports the generation back on `done`, and then frees the
+/// table checkpointed before. A failed checkpoint is retried every second (the data stays
+/// durable in the log meanwhile) until `closing` is set, after which one failure makes it
+/// give up and leave the segments for the next open to replay.
 pub(super) fn spawn(
     db: Arc<Database>,
     log_base: PathBuf,
@@ -108,7 +111,6 @@ pub(super) fn spawn(
                 retired,
             } in frozen.iter()
             {
-                drop(retired);
                 let mut attempts = 0u64;
                 loop {
                     attempts += 1;
@@ -132,6 +134,7 @@ pub(super) fn spawn(
                 }
                 // A writer that has stopped no longer waits for the answer.
                 let _ = done.send(through_generation);
+                drop(retired);
             }
         })
         .map_err(|e| Error::unavailable(format!("message store: cannot start checkpoints: {e}")))

@@ -124,7 +124,8 @@ pub(super) struct Tuning {
 }
 
 impl Default for Tuning {
-    /// Ten checkpoints a second under load; ~40 MB of recent entries at most.
+    /// Ten checkpoints a second under load; ~40 MB of recent entries at most in the active
+    /// table (the frozen one, and the last checkpointed one until it is freed, come beside it).
     ///
     /// Why 100 ms and not a second: a checkpoint slows the hot path while it runs (the log's
     /// syncs took 1–3 ms instead of ~0.25 ms during one, with the checkpoint thread at
@@ -156,7 +157,8 @@ pub(super) struct Writer {
     last_freeze: Instant,
     checkpoints: Checkpoints,
     /// The last checkpointed table, no longer visible to readers, handed to the checkpoint
-    /// thread with the next freeze to be freed there.
+    /// thread with the next freeze to be freed there. While no write comes, it stays here:
+    /// at most one table (bounded like the active one) beside the tiers.
     retired: Option<Arc<Recent>>,
     /// Set after a failed log write: the segment's tail is unknown, so nothing more may be
     /// appended to it; every later batch fails with this error until the store is reopened.
@@ -326,6 +328,12 @@ impl Writer {
             .frozen
             .take();
         if frozen.is_some() {
+            // Each freeze hands the retired table on, and a table is frozen again only
+            // after the last one was taken out here.
+            debug_assert!(
+                self.retired.is_none(),
+                "a retired table was never handed on"
+            );
             self.retired = frozen;
         }
     }
@@ -372,9 +380,17 @@ impl Writer {
     /// hold nothing newer than the table. Called only when nothing is frozen.
     fn freeze(&mut self) {
         let through_generation = self.log.generation().saturating_sub(1);
+        // Built before the write lock is taken: only this thread changes the active table,
+        // so its sizes cannot move meanwhile, and readers do not wait for the allocation.
+        let next = Recent::sized_like(
+            &self
+                .tiers
+                .read()
+                .unwrap_or_else(PoisonError::into_inner)
+                .active,
+        );
         let table = {
             let mut tiers = self.tiers.write().unwrap_or_else(PoisonError::into_inner);
-            let next = Recent::sized_like(&tiers.active);
             let table = Arc::new(std::mem::replace(&mut tiers.active, next));
             tiers.frozen = Some(Arc::clone(&table));
             table
@@ -407,6 +423,7 @@ impl Writer {
         if checkpointing && self.checkpoints.done.recv().is_ok() {
             self.drop_frozen();
         }
+        self.retired = None;
         self.checkpoints.frozen = None;
         if let Some(thread) = self.checkpoints.thread.take() {
             let _ = thread.join();
