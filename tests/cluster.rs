@@ -8,6 +8,10 @@ mod common;
 
 use std::{
     collections::{BTreeMap, HashSet},
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
     time::Duration,
 };
 
@@ -396,7 +400,7 @@ async fn presence_touches_redis_per_refresh_not_per_heartbeat() {
     // user is ever silent for --offline-after (3 s) and goes offline and back while the
     // window runs (two state changes, two Redis writes, that would not be heartbeat cost).
     let mut beating = Vec::new();
-    let heartbeats = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let heartbeats = Arc::new(AtomicU64::new(0));
     let mut streams = Vec::new();
     for user in &users {
         let stream = user.connect().await;
@@ -411,7 +415,7 @@ async fn presence_touches_redis_per_refresh_not_per_heartbeat() {
                 if tx.send(beat).await.is_err() {
                     return;
                 }
-                heartbeats.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                heartbeats.fetch_add(1, Ordering::Relaxed);
             }
         }));
         streams.push(stream);
@@ -427,12 +431,12 @@ async fn presence_touches_redis_per_refresh_not_per_heartbeat() {
     })
     .await;
     let before = redis_calls(&cluster.redis);
-    let beats_before = heartbeats.load(std::sync::atomic::Ordering::Relaxed);
+    let beats_before = heartbeats.load(Ordering::Relaxed);
     let started = std::time::Instant::now();
     tokio::time::sleep(Duration::from_secs(6)).await;
     let elapsed = started.elapsed();
     let after = redis_calls(&cluster.redis);
-    let beats = heartbeats.load(std::sync::atomic::Ordering::Relaxed) - beats_before;
+    let beats = heartbeats.load(Ordering::Relaxed) - beats_before;
     beating.iter().for_each(|task| task.abort());
     let delta =
         |name: &str| after.get(name).copied().unwrap_or(0) - before.get(name).copied().unwrap_or(0);

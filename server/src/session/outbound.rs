@@ -106,7 +106,7 @@ mod tests {
     use super::*;
     use crate::{
         ids::{DeviceId, UserId},
-        session::{Hub, hub::Session},
+        session::{Hub, hub::Session, live::SharedEventStream},
     };
 
     fn heartbeat_ack() -> Arc<SharedEvent> {
@@ -115,11 +115,9 @@ mod tests {
         })
     }
 
-    type Events = std::pin::Pin<Box<dyn Stream<Item = Result<Arc<SharedEvent>, Status>> + Send>>;
-
     /// A hub with one registered session (its `ready`, here a heartbeat ack, queued) and
     /// that session's response stream.
-    fn open() -> (Arc<Hub>, Arc<Session>, Events) {
+    fn open() -> (Arc<Hub>, Arc<Session>, SharedEventStream) {
         let metrics = Metrics::new();
         let hub = Hub::new(4, 16, metrics.clone());
         let (handle, outbox) = hub
