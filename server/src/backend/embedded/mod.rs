@@ -24,9 +24,9 @@
 //! allocation gapless without locks.
 //!
 //! Every 100 ms under load (or sooner when it grows large) the writer freezes the recent
-//! table; the checkpoint thread (`checkpoint`) writes the frozen table into redb in one
-//! durable transaction (its pages synced in slices, `paced_file`) and deletes the log
-//! segments that hold nothing newer. Log segments are zero-filled ahead of use by a helper
+//! table; the checkpoint thread (`checkpoint`, at a lower CPU priority: `background`)
+//! writes the frozen table into redb in one durable transaction (its pages synced in
+//! slices, `paced_file`) and deletes the log segments that hold nothing newer. Log segments are zero-filled ahead of use by a helper
 //! thread, so that each sync on the hot path writes only the appended bytes (`log`). A copy-on-write
 //! B-tree copies every page a transaction touches, so a transaction per batch cost ~200 page
 //! copies whatever the batch held and bounded throughput and latency; one transaction per
