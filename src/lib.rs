@@ -7,7 +7,9 @@
 //! - [`v1`]: messages, clients (`*_client`) and server traits (`*_server`) of package `chat.v1`.
 //! - [`FILE_DESCRIPTOR_SET`]: the encoded descriptors, for gRPC server reflection.
 //! - [`codec`]: the protobuf codec the generated code uses (small per-RPC buffers).
+//! - [`client_msg_id`]: fresh idempotency keys for senders (time-ordered UUIDs).
 
+pub mod client_msg_id;
 pub mod codec;
 
 /// Package `chat.v1`: every message, client and server of the public API.

@@ -233,6 +233,36 @@ pub fn stamp_of(message: &v1::Message) -> Option<u64> {
     }
 }
 
+/// How a scenario makes each send's `client_msg_id`: the `--client-ids` of `pairs` and
+/// `latency`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum ClientIds {
+    /// Time-ordered UUIDs (version 7), as Daehwa's clients send them.
+    #[default]
+    Ordered,
+    /// Random UUIDs (version 4), as many other clients send them: each lands on its own page
+    /// of the store's retry index.
+    Random,
+}
+
+impl ClientIds {
+    /// A fresh id of this kind.
+    pub fn next(self) -> String {
+        match self {
+            ClientIds::Ordered => daehwa::client_msg_id::time_ordered(),
+            ClientIds::Random => daehwa::client_msg_id::random(),
+        }
+    }
+
+    /// Its name in JSON and on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            ClientIds::Ordered => "ordered",
+            ClientIds::Random => "random",
+        }
+    }
+}
+
 /// A `send` client event.
 pub fn send_event(conversation: &str, client_msg_id: String, content: Content) -> ClientEvent {
     ClientEvent {

@@ -63,8 +63,18 @@ fn bench(args: &[&str]) -> Value {
 
 #[test]
 fn pairs() {
-    let s = bench(&["pairs", "--pairs", "2", "--seconds", "1"]);
+    // Random client ids here; every other run sends the default time-ordered ones.
+    let s = bench(&[
+        "pairs",
+        "--pairs",
+        "2",
+        "--seconds",
+        "1",
+        "--client-ids",
+        "random",
+    ]);
     assert_eq!(s["transport"], "grpc", "{s:#}");
+    assert_eq!(s["params"]["client_ids"], "random", "{s:#}");
     assert!(s["daehwa"]["check"]["acked"].as_u64().unwrap() > 0, "{s:#}");
     assert!(
         s["ceiling"]["check"]["acked"].as_u64().unwrap() > 0,

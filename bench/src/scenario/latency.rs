@@ -19,7 +19,7 @@ use super::{
     pairs::{self, Sent},
 };
 use crate::{
-    load::{Clock, send_event, stamped_text},
+    load::{ClientIds, Clock, send_event, stamped_text},
     progress,
     report::{Check, CpuWindow, Figure, Run},
     server_metrics::MetricsWindow,
@@ -50,12 +50,16 @@ pub struct Params {
     /// How sessions connect: `grpc` (Connect streams) or `ws` (the gateway's `/v1/ws`).
     #[arg(long, value_enum, default_value_t = Transport::Grpc)]
     pub transport: Transport,
+    /// The senders' `client_msg_id`s: `ordered` (UUID v7, what Daehwa's clients send) or
+    /// `random` (UUID v4).
+    #[arg(long, value_enum, default_value_t = ClientIds::Ordered)]
+    pub client_ids: ClientIds,
 }
 
 impl Params {
     /// The parameters as JSON.
     pub fn to_json(&self) -> serde_json::Value {
-        json!({"rate": self.rate, "pairs": self.pairs, "seconds": self.seconds, "size": self.size})
+        json!({"rate": self.rate, "pairs": self.pairs, "seconds": self.seconds, "size": self.size, "client_ids": self.client_ids.name()})
     }
 }
 
@@ -100,6 +104,7 @@ pub async fn run(target: &Target, ctx: &Ctx, p: &Params) -> anyhow::Result<Run> 
         interval_ns: 1e9 / p.rate,
         start_ns,
         size: p.size,
+        client_ids: p.client_ids,
         clock: ctx.clock,
     };
     let (done_tx, done_rx) = oneshot::channel();
@@ -207,6 +212,7 @@ struct Pacer {
     interval_ns: f64,
     start_ns: u64,
     size: usize,
+    client_ids: ClientIds,
     clock: Clock,
 }
 
@@ -225,7 +231,7 @@ impl Pacer {
             let lane = &mut self.lanes[(k % n) as usize];
             let event = send_event(
                 &lane.conversation,
-                format!("l{}-{}", k % n, lane.sent),
+                self.client_ids.next(),
                 stamped_text(due, self.size),
             );
             // Waits only if 1024 sends are queued on this stream: the due-time stamp keeps

@@ -22,7 +22,7 @@ use tokio::{
 
 use super::Ctx;
 use crate::{
-    load::{self, Clock, Identity, SeqLedger, send_event, stamp_of, stamped_text},
+    load::{self, ClientIds, Clock, Identity, SeqLedger, send_event, stamp_of, stamped_text},
     progress,
     report::{Check, CpuWindow, Figure, Latency, Run},
     server_metrics::MetricsWindow,
@@ -53,12 +53,16 @@ pub struct Params {
     /// How sessions connect: `grpc` (Connect streams) or `ws` (the gateway's `/v1/ws`).
     #[arg(long, value_enum, default_value_t = Transport::Grpc)]
     pub transport: Transport,
+    /// The senders' `client_msg_id`s: `ordered` (UUID v7, what Daehwa's clients send) or
+    /// `random` (UUID v4).
+    #[arg(long, value_enum, default_value_t = ClientIds::Ordered)]
+    pub client_ids: ClientIds,
 }
 
 impl Params {
     /// The parameters as JSON.
     pub fn to_json(&self) -> serde_json::Value {
-        json!({"pairs": self.pairs, "in_flight": self.in_flight, "seconds": self.seconds, "size": self.size})
+        json!({"pairs": self.pairs, "in_flight": self.in_flight, "seconds": self.seconds, "size": self.size, "client_ids": self.client_ids.name()})
     }
 }
 
@@ -274,7 +278,7 @@ pub async fn run(target: &Target, ctx: &Ctx, p: &Params) -> anyhow::Result<Run> 
     let stop_at = Instant::now() + Duration::from_secs_f64(p.seconds);
     let mut senders = Vec::with_capacity(pairs.len());
     let mut recipients = Vec::with_capacity(pairs.len());
-    for (i, pair) in pairs.into_iter().enumerate() {
+    for pair in pairs {
         recipients.push(spawn_recipient(
             pair.recipient,
             pair.conversation.clone(),
@@ -282,9 +286,9 @@ pub async fn run(target: &Target, ctx: &Ctx, p: &Params) -> anyhow::Result<Run> 
         ));
         let sender = ClosedLoop {
             conversation: pair.conversation,
-            id: i,
             in_flight: p.in_flight.max(1),
             size: p.size,
+            client_ids: p.client_ids,
             clock: ctx.clock,
             stop_at,
         };
@@ -319,9 +323,9 @@ pub async fn run(target: &Target, ctx: &Ctx, p: &Params) -> anyhow::Result<Run> 
 /// One closed-loop sender.
 struct ClosedLoop {
     conversation: String,
-    id: usize,
     in_flight: usize,
     size: usize,
+    client_ids: ClientIds,
     clock: Clock,
     stop_at: Instant,
 }
@@ -373,7 +377,7 @@ impl ClosedLoop {
     async fn send(&self, session: &Session, out: &mut Sent) -> bool {
         let event = send_event(
             &self.conversation,
-            format!("p{}-{}", self.id, out.sent),
+            self.client_ids.next(),
             stamped_text(self.clock.now_ns(), self.size),
         );
         if session.tx.send(event).await.is_err() {

@@ -12,25 +12,10 @@ use crate::render::{self, clean, message_json, message_line, print_json};
 use crate::session::{Ctx, Session};
 use crate::target::Target;
 
-/// A fresh client_msg_id: 128 random bits in UUID v4 form.
-pub fn new_client_msg_id() -> String {
-    let bits: u128 = rand::random();
-    let bits = (((bits & !(0xf << 76)) | (0x4 << 76)) & !(0x3 << 62)) | (0x2 << 62);
-    let hex = format!("{bits:032x}");
-    format!(
-        "{}-{}-{}-{}-{}",
-        &hex[..8],
-        &hex[8..12],
-        &hex[12..16],
-        &hex[16..20],
-        &hex[20..]
-    )
-}
-
 /// A text message for `conversation_id`, with a fresh client_msg_id.
 pub fn text_message(conversation_id: &str, text: &str) -> SendMessageRequest {
     SendMessageRequest {
-        client_msg_id: new_client_msg_id(),
+        client_msg_id: daehwa::client_msg_id::time_ordered(),
         conversation_id: conversation_id.to_string(),
         content: Some(Content {
             kind: Some(Kind::Text(text.to_string())),
@@ -159,25 +144,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn client_msg_ids_are_uuid_shaped_and_unique() {
-        let a = new_client_msg_id();
-        let b = new_client_msg_id();
-        assert_ne!(a, b);
-        assert_eq!(a.len(), 36);
-        assert!(a.len() <= 64);
-        let parts: Vec<&str> = a.split('-').collect();
-        assert_eq!(
-            parts.iter().map(|p| p.len()).collect::<Vec<_>>(),
-            [8, 4, 4, 4, 12]
-        );
-        assert!(parts[2].starts_with('4'));
-        assert!(matches!(parts[3].as_bytes()[0], b'8' | b'9' | b'a' | b'b'));
-    }
-
-    #[test]
     fn text_messages() {
         let m = text_message("g:3", "hi");
         assert_eq!(m.conversation_id, "g:3");
+        // A time-ordered UUID (version 7), which keeps the server's retry index compact.
+        assert_eq!(m.client_msg_id.len(), 36);
+        assert_eq!(m.client_msg_id.as_bytes()[14], b'7');
         assert_eq!(
             m.content,
             Some(Content {
