@@ -86,9 +86,21 @@ export function ago(ms: number): string {
   return `on ${shortDayFmt.format(ms)}`;
 }
 
-/** A client_msg_id: random, at most 64 characters (crypto.randomUUID needs a secure context). */
+/**
+ * A client_msg_id: a UUID version 7 (48 bits of Unix milliseconds, then random bits), so ids
+ * sort by time and the server's retry index stores them next to each other
+ * (crypto.randomUUID would be random, and needs a secure context).
+ */
 export function newClientMsgId(): string {
   const bytes = new Uint8Array(16);
   crypto.getRandomValues(bytes);
-  return "w-" + Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
+  let ms = Date.now();
+  for (let i = 5; i >= 0; i--) {
+    bytes[i] = ms % 256;
+    ms = Math.floor(ms / 256);
+  }
+  bytes[6] = 0x70 | (bytes[6] & 0x0f);
+  bytes[8] = 0x80 | (bytes[8] & 0x3f);
+  const hex = Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
+  return `${hex.slice(0, 8)}-${hex.slice(8, 12)}-${hex.slice(12, 16)}-${hex.slice(16, 20)}-${hex.slice(20)}`;
 }
