@@ -35,8 +35,8 @@ run() {
 
 run a-pairs-grpc pairs --pairs 100 --in-flight 8 --seconds 10 --size 64
 run a-pairs-ws pairs --transport ws --pairs 100 --in-flight 8 --seconds 10 --size 64
-run b-latency-grpc latency --rate 20000 --pairs 100 --seconds 10
-run b-latency-ws latency --transport ws --rate 20000 --pairs 100 --seconds 10
+run b-latency-grpc latency --rate 20000 --pairs 100 --seconds 10 --rounds 3
+run b-latency-ws latency --transport ws --rate 20000 --pairs 100 --seconds 10 --rounds 3
 run b-latency-50k-grpc latency --rate 50000 --pairs 100 --seconds 10
 run b-latency-5k-grpc latency --rate 5000 --pairs 100 --seconds 10
 run b-latency-10k-grpc latency --rate 10000 --pairs 100 --seconds 10

@@ -18,7 +18,8 @@
 //! - `server_metrics`: chatd's own histograms over a measured window, from its `/metrics`.
 //!
 //! The relay runs first and is stopped before chatd starts, so the two never share the CPU;
-//! each scenario's users are set up before its clock starts.
+//! each scenario's users are set up before its clock starts. With `--rounds N` the pair runs
+//! N times, alternating which goes first, and the round with the median ratio is reported.
 
 mod load;
 mod relay;
@@ -34,33 +35,56 @@ use std::{io::Write, path::PathBuf, process::ExitCode};
 use clap::{Parser, Subcommand};
 
 use crate::{
-    report::{Report, Run},
+    report::{Report, Round},
     scenario::Ctx,
     session::Transport,
     target::Target,
 };
 
-/// Runs a scenario on the relay (when `$ceiling` and not `--no-ceiling`), stops it, then on
-/// chatd (started for `$transport`); yields `(daehwa, Option<ceiling>)`. A macro because
-/// the scenario future borrows the target it runs on.
-macro_rules! both {
-    ($cli:expr, $ceiling:expr, $transport:expr, |$t:ident| $run:expr) => {{
+/// Runs a scenario `--rounds` times, each round on the relay (when `$ceiling` and not
+/// `--no-ceiling`) and on chatd (started for `$transport`), one stopped before the other
+/// starts: the relay first in odd rounds, chatd first in even ones, so that a drift of the
+/// machine's speed does not always favour the same target. Each round gets its own
+/// usernames (`Ctx::for_round`). Yields the rounds. A macro because the scenario future
+/// borrows the target it runs on.
+macro_rules! rounds {
+    ($cli:expr, $ctx:expr, $ceiling:expr, $transport:expr, |$t:ident, $c:ident| $run:expr) => {{
         // Fail before the relay run, not after it, when chatd is missing.
         preflight(&$cli, $transport)?;
-        let ceiling = if $ceiling && !$cli.no_ceiling {
-            let $t = Target::relay().await?;
-            announce(&$t);
-            let run = $run.await;
-            $t.stop().await;
-            Some(run?)
-        } else {
-            None
-        };
-        let $t = daehwa_target(&$cli, $transport).await?;
-        announce(&$t);
-        let run = $run.await;
-        $t.stop().await;
-        (run?, ceiling)
+        let with_ceiling = $ceiling && !$cli.no_ceiling;
+        let mut rounds = Vec::with_capacity(usize::from($cli.rounds));
+        for round in 0..$cli.rounds {
+            let $c = $ctx.for_round(round);
+            if $cli.rounds > 1 {
+                eprintln!("round {} of {}", round + 1, $cli.rounds);
+            }
+            let relay_first = round % 2 == 0;
+            let mut ceiling = None;
+            for on_relay in [relay_first, !relay_first] {
+                if on_relay {
+                    if with_ceiling {
+                        let $t = Target::relay().await?;
+                        announce(&$t);
+                        let run = $run.await;
+                        $t.stop().await;
+                        ceiling = Some(run?);
+                    }
+                    continue;
+                }
+                let $t = daehwa_target(&$cli, $transport).await?;
+                announce(&$t);
+                let run = $run.await;
+                $t.stop().await;
+                rounds.push(Round {
+                    daehwa: run?,
+                    ceiling: None,
+                });
+            }
+            if let Some(last) = rounds.last_mut() {
+                last.ceiling = ceiling;
+            }
+        }
+        rounds
     }};
 }
 
@@ -88,6 +112,11 @@ struct Cli {
     /// Print a JSON summary on stdout (the table then goes to stderr).
     #[arg(long, global = true)]
     json: bool,
+    /// Run the scenario this many times on both targets, alternating which goes first, and
+    /// report the round with the median ratio of its headline figure (every round's
+    /// headline is listed, and every round's loss counts).
+    #[arg(long, global = true, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=99))]
+    rounds: u16,
     #[command(subcommand)]
     command: Command,
 }
@@ -155,43 +184,62 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::SUCCESS);
         }
         Command::Pairs(p) => {
-            let (daehwa, ceiling) = both!(cli, true, p.transport, |t| scenario::pairs::run(
-                &t, &ctx, p
+            let rounds = rounds!(cli, ctx, true, p.transport, |t, c| scenario::pairs::run(
+                &t, &c, p
             ));
-            report("pairs", p.transport, p.to_json(), daehwa, ceiling)
+            report("pairs", p.transport, p.to_json(), rounds, "delivered_per_s")
         }
         Command::Latency(p) => {
-            let (daehwa, ceiling) = both!(cli, true, p.transport, |t| scenario::latency::run(
-                &t, &ctx, p
+            let rounds = rounds!(cli, ctx, true, p.transport, |t, c| scenario::latency::run(
+                &t, &c, p
             ));
-            report("latency", p.transport, p.to_json(), daehwa, ceiling)
+            report(
+                "latency",
+                p.transport,
+                p.to_json(),
+                rounds,
+                "latency_p99_ms",
+            )
         }
         Command::Idle(p) => {
-            let (daehwa, ceiling) =
-                both!(cli, true, p.transport, |t| scenario::idle::run(&t, &ctx, p));
-            report("idle", p.transport, p.to_json(), daehwa, ceiling)
+            let rounds = rounds!(cli, ctx, true, p.transport, |t, c| scenario::idle::run(
+                &t, &c, p
+            ));
+            report("idle", p.transport, p.to_json(), rounds, "kib_per_session")
         }
         Command::Catchup(p) => {
             // Unary gRPC calls: no session transport to choose.
-            let (daehwa, ceiling) = both!(cli, false, Transport::Grpc, |t| {
-                scenario::catchup::run(&t, &ctx, p)
+            let rounds = rounds!(cli, ctx, false, Transport::Grpc, |t, c| {
+                scenario::catchup::run(&t, &c, p)
             });
-            let mut r = report("catchup", Transport::Grpc, p.to_json(), daehwa, ceiling);
+            let mut r = report(
+                "catchup",
+                Transport::Grpc,
+                p.to_json(),
+                rounds,
+                "catchup_ms",
+            );
             r.notes
                 .push("no ceiling: the relay stores nothing to catch up from".into());
             r
         }
         Command::Storm(p) => {
-            let (daehwa, ceiling) = both!(cli, true, p.transport, |t| scenario::storm::run(
-                &t, &ctx, p
+            let rounds = rounds!(cli, ctx, true, p.transport, |t, c| scenario::storm::run(
+                &t, &c, p
             ));
-            report("storm", p.transport, p.to_json(), daehwa, ceiling)
+            report("storm", p.transport, p.to_json(), rounds, "connects_per_s")
         }
         Command::Fanout(p) => {
-            let (daehwa, ceiling) = both!(cli, true, p.transport, |t| scenario::fanout::run(
-                &t, &ctx, p
+            let rounds = rounds!(cli, ctx, true, p.transport, |t, c| scenario::fanout::run(
+                &t, &c, p
             ));
-            report("fanout", p.transport, p.to_json(), daehwa, ceiling)
+            report(
+                "fanout",
+                p.transport,
+                p.to_json(),
+                rounds,
+                "last_delivery_median_ms",
+            )
         }
     };
     report.notes.push(format!(
@@ -222,17 +270,10 @@ fn report(
     scenario: &'static str,
     transport: Transport,
     params: serde_json::Value,
-    daehwa: Run,
-    ceiling: Option<Run>,
+    rounds: Vec<Round>,
+    headline: &str,
 ) -> Report {
-    Report {
-        scenario,
-        transport,
-        params,
-        daehwa,
-        ceiling,
-        notes: Vec::new(),
-    }
+    Report::from_rounds(scenario, transport, params, rounds, headline)
 }
 
 /// The Daehwa server to measure: `--server URL` (and `--ws-url`), or chatd started from

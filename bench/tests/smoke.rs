@@ -84,6 +84,30 @@ fn pairs() {
 }
 
 #[test]
+fn latency_in_rounds() {
+    let s = bench(&[
+        "latency",
+        "--rate",
+        "100",
+        "--pairs",
+        "2",
+        "--seconds",
+        "1",
+        "--rounds",
+        "2",
+    ]);
+    let rounds = s["rounds"].as_array().expect("rounds");
+    assert_eq!(rounds.len(), 2, "{s:#}");
+    assert_eq!(
+        rounds.iter().filter(|r| r["reported"] == true).count(),
+        1,
+        "{s:#}"
+    );
+    assert!(rounds.iter().all(|r| r["ratio"].is_number()), "{s:#}");
+    assert_eq!(s["daehwa"]["check"]["acked"], 100, "{s:#}");
+}
+
+#[test]
 fn latency() {
     let s = bench(&["latency", "--rate", "100", "--pairs", "2", "--seconds", "1"]);
     assert_eq!(s["daehwa"]["check"]["acked"], 100, "{s:#}");

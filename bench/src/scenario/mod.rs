@@ -31,6 +31,17 @@ pub struct Ctx {
     pub clock: Clock,
 }
 
+impl Ctx {
+    /// The context of round `round` of `--rounds`: the same clock, usernames of its own
+    /// (a `--server` keeps the users of the rounds before).
+    pub fn for_round(self, round: u16) -> Ctx {
+        Ctx {
+            run: self.run.wrapping_add(u32::from(round)),
+            ..self
+        }
+    }
+}
+
 /// Prints a progress line on stderr: `[scenario/target] ...`.
 #[macro_export]
 macro_rules! progress {
