@@ -11,7 +11,8 @@
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// A UUID version 7 (RFC 9562): 48 bits of Unix milliseconds, then 74 random bits, in the
-/// usual 8-4-4-4-12 hex form. Ids made later sort later, whatever their random bits.
+/// usual 8-4-4-4-12 hex form. An id from a later millisecond sorts after one from an
+/// earlier millisecond; ids of the same millisecond are in random order among themselves.
 pub fn time_ordered() -> String {
     let ms = SystemTime::now()
         .duration_since(UNIX_EPOCH)

@@ -43,7 +43,7 @@ use crate::{
 
 /// Runs a scenario `--rounds` times, each round on the relay (when `$ceiling` and not
 /// `--no-ceiling`) and on chatd (started for `$transport`), one stopped before the other
-/// starts: the relay first in odd rounds, chatd first in even ones, so that a drift of the
+/// starts: the relay first in rounds 1, 3, 5 ..., chatd first in rounds 2, 4 ..., so that a drift of the
 /// machine's speed does not always favour the same target. Each round gets its own
 /// usernames (`Ctx::for_round`). Yields the rounds. A macro because the scenario future
 /// borrows the target it runs on.
@@ -58,8 +58,10 @@ macro_rules! rounds {
             if $cli.rounds > 1 {
                 eprintln!("round {} of {}", round + 1, $cli.rounds);
             }
+            // `round` counts from 0: the relay goes first in rounds 0, 2, 4 ...
             let relay_first = round % 2 == 0;
             let mut ceiling = None;
+            let mut daehwa = None;
             for on_relay in [relay_first, !relay_first] {
                 if on_relay {
                     if with_ceiling {
@@ -69,19 +71,16 @@ macro_rules! rounds {
                         $t.stop().await;
                         ceiling = Some(run?);
                     }
-                    continue;
+                } else {
+                    let $t = daehwa_target(&$cli, $transport).await?;
+                    announce(&$t);
+                    let run = $run.await;
+                    $t.stop().await;
+                    daehwa = Some(run?);
                 }
-                let $t = daehwa_target(&$cli, $transport).await?;
-                announce(&$t);
-                let run = $run.await;
-                $t.stop().await;
-                rounds.push(Round {
-                    daehwa: run?,
-                    ceiling: None,
-                });
             }
-            if let Some(last) = rounds.last_mut() {
-                last.ceiling = ceiling;
+            if let Some(daehwa) = daehwa {
+                rounds.push(Round { daehwa, ceiling });
             }
         }
         rounds
@@ -112,10 +111,10 @@ struct Cli {
     /// Print a JSON summary on stdout (the table then goes to stderr).
     #[arg(long, global = true)]
     json: bool,
-    /// Run the scenario this many times on both targets, alternating which goes first, and
-    /// report the round with the median ratio of its headline figure (every round's
-    /// headline is listed, and every round's loss counts).
-    #[arg(long, global = true, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=99))]
+    /// Run the scenario this many times (odd) on both targets, alternating which goes
+    /// first, and report the round with the median ratio of its headline figure (every
+    /// round's headline is listed, and every round's loss counts).
+    #[arg(long, global = true, default_value_t = 1, value_parser = odd_rounds)]
     rounds: u16,
     #[command(subcommand)]
     command: Command,
@@ -274,6 +273,14 @@ fn report(
     headline: &str,
 ) -> Report {
     Report::from_rounds(scenario, transport, params, rounds, headline)
+}
+
+/// Parses `--rounds`: an odd count from 1 to 99, so that the median round is one round.
+fn odd_rounds(value: &str) -> Result<u16, String> {
+    match value.parse::<u16>() {
+        Ok(n) if (1..=99).contains(&n) && n % 2 == 1 => Ok(n),
+        _ => Err(format!("`{value}` is not an odd number from 1 to 99")),
+    }
 }
 
 /// The Daehwa server to measure: `--server URL` (and `--ws-url`), or chatd started from

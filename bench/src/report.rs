@@ -271,7 +271,7 @@ pub struct Report {
     /// With `--rounds` above 1: every round's headline figure, in the order run.
     pub rounds: Vec<RoundLine>,
     /// Loss, duplicates and errors of the rounds not reported: they count all the same.
-    pub unreported: Check,
+    pub other_rounds: Check,
     /// Remarks printed under the table (limits hit, sizes reduced ...).
     pub notes: Vec<String>,
 }
@@ -297,9 +297,11 @@ pub struct RoundLine {
 }
 
 impl Report {
-    /// The report of `rounds` of one scenario (at least one), each run on both targets:
-    /// it shows the round whose `headline` figure is the median, as a ratio to the ceiling
-    /// where there is one (the upper median of an even count), lists every round's headline,
+    /// The report of `rounds` of one scenario (at least one; `--rounds` takes odd counts
+    /// only, since whether the upper or the lower median of an even count favours Daehwa
+    /// depends on the figure), each run on both targets: it shows the round whose
+    /// `headline` figure is the median, as a ratio to the ceiling where there is one and as
+    /// the value where there is none (an even count gets the upper median), lists every round's headline,
     /// and counts every round's loss. One round of a 2-core machine shared with the load
     /// generator can land on a slow moment for one target and not the other; the median of
     /// several alternated rounds is a steadier ratio.
@@ -313,10 +315,9 @@ impl Report {
         let score = |round: &Round| {
             let daehwa = round.daehwa.get(headline);
             match &round.ceiling {
-                Some(ceiling) => ratio(daehwa.unwrap_or(f64::NAN), ceiling.get(headline)),
+                Some(ceiling) => daehwa.and_then(|d| ratio(d, ceiling.get(headline))),
                 None => daehwa,
             }
-            .filter(|v| !v.is_nan())
         };
         let mut order: Vec<usize> = (0..rounds.len()).collect();
         // Rounds without the figure sort last.
@@ -340,15 +341,15 @@ impl Report {
         } else {
             Vec::new()
         };
-        let mut unreported = Check::default();
+        let mut other_rounds = Check::default();
         let mut shown = Round::default();
         for (i, round) in rounds.into_iter().enumerate() {
             if i == reported {
                 shown = round;
             } else {
-                unreported.absorb(round.daehwa.check);
+                other_rounds.absorb(round.daehwa.check);
                 if let Some(c) = round.ceiling {
-                    unreported.absorb(c.check);
+                    other_rounds.absorb(c.check);
                 }
             }
         }
@@ -359,7 +360,7 @@ impl Report {
             daehwa: shown.daehwa,
             ceiling: shown.ceiling,
             rounds: lines,
-            unreported,
+            other_rounds,
             notes: Vec::new(),
         }
     }
@@ -370,7 +371,7 @@ impl Report {
         if let Some(c) = &self.ceiling {
             n += c.check.lost + c.check.duplicated;
         }
-        n + self.unreported.lost + self.unreported.duplicated
+        n + self.other_rounds.lost + self.other_rounds.duplicated
     }
 
     /// The machine-readable summary.
@@ -397,13 +398,13 @@ impl Report {
                 "ratio": r.daehwa.and_then(|d| ratio(d, r.ceiling)),
                 "reported": r.reported,
             })).collect::<Vec<_>>(),
-            "lost": self.daehwa.check.lost + ceiling.map_or(0, |c| c.check.lost) + self.unreported.lost,
+            "lost": self.daehwa.check.lost + ceiling.map_or(0, |c| c.check.lost) + self.other_rounds.lost,
             "duplicated": self.daehwa.check.duplicated
                 + ceiling.map_or(0, |c| c.check.duplicated)
-                + self.unreported.duplicated,
+                + self.other_rounds.duplicated,
             "errors": self.daehwa.check.errors
                 + ceiling.map_or(0, |c| c.check.errors)
-                + self.unreported.errors,
+                + self.other_rounds.errors,
             "notes": self.notes,
         })
     }
@@ -478,7 +479,7 @@ impl Report {
                 },
             )?;
         }
-        let u = &self.unreported;
+        let u = &self.other_rounds;
         if u.lost + u.duplicated + u.errors > 0 {
             writeln!(
                 out,
@@ -557,7 +558,7 @@ mod tests {
             daehwa,
             ceiling: Some(ceiling),
             rounds: Vec::new(),
-            unreported: Check::default(),
+            other_rounds: Check::default(),
             notes: vec![],
         };
         let v = report.to_json();

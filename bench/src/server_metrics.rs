@@ -5,8 +5,10 @@
 //! a recipient's stream (before h2 encodes or writes it; `created_at` is wall-clock time in
 //! whole milliseconds, so this reads ~0.5 ms long on average). Beside the end-to-end latency
 //! these say roughly where a message's time went: waiting for the store, in the rest of the
-//! server, or outside it (sockets, h2, the load generator). Only chatd has them; the relay's
-//! column shows `-`.
+//! server, or outside it (sockets, h2, the load generator). Also the embedded store's
+//! write-ahead-log appends with their `fdatasync` (mean, slowest, and how many took over
+//! 100 ms): a disk that stalls holds every send in its window. Only chatd has them; the
+//! relay's column shows `-`.
 
 use std::{net::SocketAddr, time::Duration};
 
@@ -22,6 +24,10 @@ use crate::report::Figure;
 const STORE_APPEND: &str = "daehwa_store_append_seconds";
 /// The receipt-to-recipient-stream histogram (`delivery_latency_seconds`).
 const DELIVERY: &str = "daehwa_delivery_latency_seconds";
+/// The log append-and-sync histogram (`store_log_sync_seconds`; the embedded store only).
+const LOG_SYNC: &str = "daehwa_store_log_sync_seconds";
+/// A log sync slower than this is a stall, counted on its own.
+const STALL_SECONDS: f64 = 0.1;
 /// The most bytes of a metrics page read.
 const MAX_PAGE: u64 = 1 << 20;
 /// How long one scrape may take before the run goes on without chatd's figures.
@@ -62,6 +68,15 @@ impl Histogram {
     /// The mean in milliseconds, if anything was observed.
     pub fn mean_ms(&self) -> Option<f64> {
         (self.count > 0).then(|| self.sum * 1e3 / self.count as f64)
+    }
+
+    /// Observations above `seconds`, which must be one of the bucket bounds (`None` if it
+    /// is not).
+    pub fn over(&self, seconds: f64) -> Option<u64> {
+        self.buckets
+            .iter()
+            .find(|(le, _)| *le == seconds)
+            .map(|(_, n)| self.count.saturating_sub(*n))
     }
 
     /// The upper bound (ms) of the first bucket holding quantile `q`: the quantile is at
@@ -145,10 +160,12 @@ pub async fn scrape(addr: SocketAddr) -> anyhow::Result<String> {
     Ok(body.to_owned())
 }
 
-/// The two histograms at one moment.
+/// The histograms at one moment.
 struct Snapshot {
     store: Histogram,
     delivery: Histogram,
+    /// Absent when chatd keeps messages elsewhere (TiKV, PostgreSQL).
+    log_sync: Option<Histogram>,
 }
 
 async fn snapshot(addr: SocketAddr) -> anyhow::Result<Snapshot> {
@@ -161,6 +178,7 @@ async fn snapshot(addr: SocketAddr) -> anyhow::Result<Snapshot> {
     Ok(Snapshot {
         store: get(STORE_APPEND)?,
         delivery: get(DELIVERY)?,
+        log_sync: parse_histogram(&page, LOG_SYNC)?,
     })
 }
 
@@ -226,6 +244,24 @@ impl MetricsWindow {
             "chatd created to recipient mean ms",
             delivery.mean_ms(),
         );
+        if let (Some(end), Some(start)) = (&end.log_sync, &start.log_sync) {
+            let syncs = end.since(start);
+            push(
+                "chatd_log_sync_mean_ms",
+                "chatd log sync mean ms",
+                syncs.mean_ms(),
+            );
+            push(
+                "chatd_log_sync_max_le_ms",
+                "chatd log sync max <= ms",
+                syncs.quantile_bound_ms(1.0),
+            );
+            push(
+                "chatd_log_syncs_over_100ms",
+                "chatd log syncs over 100 ms",
+                syncs.over(STALL_SECONDS).map(|n| n as f64),
+            );
+        }
         figures
     }
 }
@@ -257,6 +293,10 @@ daehwa_store_append_seconds_total_other 7
         assert_eq!(h.quantile_bound_ms(0.4), Some(1.0));
         assert_eq!(h.quantile_bound_ms(0.5), Some(2.5));
         assert_eq!(h.quantile_bound_ms(0.99), Some(10.0));
+        assert_eq!(h.quantile_bound_ms(1.0), Some(10.0));
+        assert_eq!(h.over(0.001), Some(60));
+        assert_eq!(h.over(0.01), Some(0));
+        assert_eq!(h.over(0.005), None);
         assert!(parse_histogram(PAGE, DELIVERY).expect("parses").is_none());
         let broken = PAGE.replace("_count 100", "_count lots");
         assert!(parse_histogram(&broken, STORE_APPEND).is_err());

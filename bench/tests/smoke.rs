@@ -94,10 +94,10 @@ fn latency_in_rounds() {
         "--seconds",
         "1",
         "--rounds",
-        "2",
+        "3",
     ]);
     let rounds = s["rounds"].as_array().expect("rounds");
-    assert_eq!(rounds.len(), 2, "{s:#}");
+    assert_eq!(rounds.len(), 3, "{s:#}");
     assert_eq!(
         rounds.iter().filter(|r| r["reported"] == true).count(),
         1,
@@ -115,6 +115,12 @@ fn latency() {
     // chatd's own view of the window, scraped from its metrics endpoint; the relay has none.
     let store_mean = s["daehwa"]["figures"]["chatd_store_wait_mean_ms"].as_f64();
     assert!(store_mean.is_some_and(|ms| ms > 0.0), "{s:#}");
+    let sync_mean = s["daehwa"]["figures"]["chatd_log_sync_mean_ms"].as_f64();
+    assert!(sync_mean.is_some_and(|ms| ms > 0.0), "{s:#}");
+    assert!(
+        s["daehwa"]["figures"]["chatd_log_syncs_over_100ms"].is_number(),
+        "{s:#}"
+    );
     assert!(
         s["daehwa"]["figures"]["chatd_to_recipient_mean_ms"].is_number(),
         "{s:#}"

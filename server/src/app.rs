@@ -168,6 +168,9 @@ pub async fn run(
         },
         connections: 0,
     };
+    backends
+        .messages
+        .observe_durable_writes(metrics.store_log_sync.clone());
     let services = build_services(&config, &backends, me, metrics, &background).await?;
     let (health, health_service) = tonic_health::server::health_reporter();
     set_health(&health, &config, ServingStatus::Serving).await;

@@ -86,12 +86,13 @@ mod writer;
 use std::{
     collections::{BTreeMap, BTreeSet},
     path::{Path, PathBuf},
-    sync::{Arc, Mutex, PoisonError, RwLock},
+    sync::{Arc, Mutex, OnceLock, PoisonError, RwLock},
     thread::JoinHandle,
 };
 
 use async_trait::async_trait;
 use daehwa::v1::Message;
+use prometheus_client::metrics::histogram::Histogram;
 use redb::{Database, ReadTransaction};
 use tokio::sync::{mpsc, oneshot};
 
@@ -119,6 +120,8 @@ pub struct EmbeddedStore {
     tiers: Arc<RwLock<Tiers>>,
     /// The writer's queue and thread; `None` once closed.
     writer: Mutex<Option<WriterHandle>>,
+    /// Where the writer reports each log append's duration, once the server hands it one.
+    log_syncs: Arc<OnceLock<Histogram>>,
 }
 
 struct WriterHandle {
@@ -193,13 +196,21 @@ impl EmbeddedStore {
     /// Starts the writer on a recovered database and its open log segment.
     fn with_log(db: Arc<Database>, log: Log, log_base: PathBuf, tuning: Tuning) -> Result<Self> {
         let tiers = Arc::new(RwLock::new(Tiers::default()));
-        let writer =
-            writer::Writer::new(Arc::clone(&db), Arc::clone(&tiers), log, log_base, tuning)?;
+        let log_syncs = Arc::new(OnceLock::new());
+        let writer = writer::Writer::new(
+            Arc::clone(&db),
+            Arc::clone(&tiers),
+            log,
+            log_base,
+            tuning,
+            Arc::clone(&log_syncs),
+        )?;
         let (sender, thread) = writer.spawn()?;
         Ok(Self {
             db: Mutex::new(Some(db)),
             tiers,
             writer: Mutex::new(Some(WriterHandle { sender, thread })),
+            log_syncs,
         })
     }
 
@@ -504,5 +515,10 @@ impl MessageStore for EmbeddedStore {
             .await
             .map_err(|e| Error::internal(format!("message store: close task failed: {e}")))?;
         joined.map_err(|_| Error::internal("message store: writer thread panicked"))
+    }
+
+    fn observe_durable_writes(&self, histogram: Histogram) {
+        // The first histogram given stays: a server hands over one, once.
+        let _ = self.log_syncs.set(histogram);
     }
 }

@@ -496,7 +496,15 @@ async fn run_writer(path: &std::path::Path, receiver: tokio::sync::mpsc::Receive
     let db = Arc::new(redb::Database::create(path).expect("database"));
     let log = recover(&db, path, FIRST_SEGMENT).expect("recover");
     let tiers = Arc::new(RwLock::new(Tiers::default()));
-    let writer = Writer::new(db, tiers, log, path.to_owned(), Tuning::default()).expect("writer");
+    let writer = Writer::new(
+        db,
+        tiers,
+        log,
+        path.to_owned(),
+        Tuning::default(),
+        Arc::default(),
+    )
+    .expect("writer");
     tokio::task::spawn_blocking(move || writer.run(receiver))
         .await
         .expect("writer")
@@ -540,6 +548,32 @@ async fn queued_jobs_share_transactions_and_same_batch_duplicates_are_found() {
         .map(|a| a.message.seq)
         .collect();
     assert_eq!(seqs, (1..=299).collect::<Vec<_>>());
+}
+
+/// Every log append is timed into the histogram the server hands over (and none before).
+#[tokio::test]
+async fn log_appends_are_observed_once_a_histogram_is_given() {
+    let (_dir, store) = fresh();
+    store
+        .append(new_message(group(5), 1, "before", "x"))
+        .await
+        .expect("append");
+    let histogram = prometheus_client::metrics::histogram::Histogram::new([0.001, 1.0]);
+    store.observe_durable_writes(histogram.clone());
+    for i in 0..3 {
+        store
+            .append(new_message(group(5), 1, &format!("after-{i}"), "x"))
+            .await
+            .expect("append");
+    }
+    // Three acknowledged appends, each after its own log append and sync: three
+    // observations (a batch can take only appends queued together; these were not).
+    let mut registry = prometheus_client::registry::Registry::default();
+    registry.register("log_sync_seconds", "log appends", histogram);
+    let mut page = String::new();
+    prometheus_client::encoding::text::encode(&mut page, &registry).expect("encode");
+    assert!(page.contains("log_sync_seconds_count 3\n"), "{page}");
+    assert!(!page.contains("log_sync_seconds_sum 0.0\n"), "{page}");
 }
 
 #[tokio::test]

@@ -21,7 +21,7 @@
 use std::{
     path::PathBuf,
     sync::{
-        Arc, PoisonError, RwLock,
+        Arc, OnceLock, PoisonError, RwLock,
         atomic::{AtomicBool, Ordering},
         mpsc,
     },
@@ -30,6 +30,7 @@ use std::{
 };
 
 use daehwa::v1::Message;
+use prometheus_client::metrics::histogram::Histogram;
 use prost::Message as _;
 use redb::{Database, ReadOnlyTable, ReadTransaction};
 use tokio::sync::{mpsc as mpsc_async, oneshot};
@@ -163,6 +164,8 @@ pub(super) struct Writer {
     /// Set after a failed log write: the segment's tail is unknown, so nothing more may be
     /// appended to it; every later batch fails with this error until the store is reopened.
     failed: Option<Error>,
+    /// Observes each log append (its sync included), once the server has handed one over.
+    log_syncs: Arc<OnceLock<Histogram>>,
 }
 
 struct Checkpoints {
@@ -180,6 +183,7 @@ impl Writer {
         log: Log,
         log_base: PathBuf,
         tuning: Tuning,
+        log_syncs: Arc<OnceLock<Histogram>>,
     ) -> Result<Self> {
         let (frozen, frozen_receiver) = mpsc::sync_channel(1);
         let (done_sender, done) = mpsc::sync_channel(1);
@@ -211,6 +215,7 @@ impl Writer {
             },
             retired: None,
             failed: None,
+            log_syncs,
         })
     }
 
@@ -274,7 +279,12 @@ impl Writer {
         if changes.is_empty() {
             return Ok(());
         }
-        match self.log.append(&changes) {
+        let started = Instant::now();
+        let appended = self.log.append(&changes);
+        if let Some(histogram) = self.log_syncs.get() {
+            histogram.observe(started.elapsed().as_secs_f64());
+        }
+        match appended {
             Ok(()) => {}
             Err(AppendError::TooLarge(bytes)) => {
                 return Err(Error::unavailable(format!(

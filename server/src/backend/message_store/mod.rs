@@ -14,6 +14,7 @@
 
 use async_trait::async_trait;
 use daehwa::v1::{Content, Message};
+use prometheus_client::metrics::histogram::Histogram;
 
 use crate::{
     error::Result,
@@ -105,6 +106,12 @@ pub trait MessageStore: Send + Sync + 'static {
 
     /// Flushes and closes; called once at shutdown. Appends after this fail `UNAVAILABLE`.
     async fn close(&self) -> Result<()>;
+
+    /// Gives the store a histogram for the seconds its own durable writes take, so that a
+    /// slow or stalling disk shows in the server's metrics (`store_log_sync_seconds`): the
+    /// embedded store observes each write-ahead-log append with its `fdatasync`. Stores
+    /// whose commits happen in another process (TiKV, PostgreSQL) ignore it.
+    fn observe_durable_writes(&self, _histogram: Histogram) {}
 }
 
 /// The behaviour every [`MessageStore`] must show; run by each implementation's tests.
