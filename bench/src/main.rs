@@ -186,13 +186,13 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let rounds = rounds!(cli, ctx, true, p.transport, |t, c| scenario::pairs::run(
                 &t, &c, p
             ));
-            report("pairs", p.transport, p.to_json(), rounds, "delivered_per_s")
+            Report::from_rounds("pairs", p.transport, p.to_json(), rounds, "delivered_per_s")
         }
         Command::Latency(p) => {
             let rounds = rounds!(cli, ctx, true, p.transport, |t, c| scenario::latency::run(
                 &t, &c, p
             ));
-            report(
+            Report::from_rounds(
                 "latency",
                 p.transport,
                 p.to_json(),
@@ -204,14 +204,14 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let rounds = rounds!(cli, ctx, true, p.transport, |t, c| scenario::idle::run(
                 &t, &c, p
             ));
-            report("idle", p.transport, p.to_json(), rounds, "kib_per_session")
+            Report::from_rounds("idle", p.transport, p.to_json(), rounds, "kib_per_session")
         }
         Command::Catchup(p) => {
             // Unary gRPC calls: no session transport to choose.
             let rounds = rounds!(cli, ctx, false, Transport::Grpc, |t, c| {
                 scenario::catchup::run(&t, &c, p)
             });
-            let mut r = report(
+            let mut r = Report::from_rounds(
                 "catchup",
                 Transport::Grpc,
                 p.to_json(),
@@ -226,13 +226,13 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let rounds = rounds!(cli, ctx, true, p.transport, |t, c| scenario::storm::run(
                 &t, &c, p
             ));
-            report("storm", p.transport, p.to_json(), rounds, "connects_per_s")
+            Report::from_rounds("storm", p.transport, p.to_json(), rounds, "connects_per_s")
         }
         Command::Fanout(p) => {
             let rounds = rounds!(cli, ctx, true, p.transport, |t, c| scenario::fanout::run(
                 &t, &c, p
             ));
-            report(
+            Report::from_rounds(
                 "fanout",
                 p.transport,
                 p.to_json(),
@@ -263,16 +263,6 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::from(1));
     }
     Ok(ExitCode::SUCCESS)
-}
-
-fn report(
-    scenario: &'static str,
-    transport: Transport,
-    params: serde_json::Value,
-    rounds: Vec<Round>,
-    headline: &str,
-) -> Report {
-    Report::from_rounds(scenario, transport, params, rounds, headline)
 }
 
 /// Parses `--rounds`: an odd count from 1 to 99, so that the median round is one round.
